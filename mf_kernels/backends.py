@@ -1,0 +1,217 @@
+"""Backend selection, one place for every op.
+
+Backends:
+* ``"reference"``: the pure-PyTorch functions of :mod:`mobileformer.functional`. Runs anywhere.
+* ``"cpu"``: the C++ kernels of the extension, CPU tensors.
+* ``"cuda"``: the CUDA C++ kernels of the extension, CUDA tensors.
+* ``"triton"``: the Triton kernels, CUDA tensors (CPU tensors too when ``TRITON_INTERPRET=1``).
+* ``"auto"`` (default): per op and device, the fastest backend that can run here, falling back
+  to the reference; it never fails where the reference would run.
+
+Choose with :func:`set_backend`, the context manager :func:`use_backend`, or the environment
+variable ``MF_KERNELS_BACKEND`` (read once, at import). :func:`available_backends` says, per op
+and backend, whether it can run here and if not why. A forced backend that cannot take an input
+raises :class:`BackendUnavailableError` listing the reasons.
+
+What can run is probed once and cached (never inside a model's forward); probing CUDA happens
+only when a CUDA tensor first reaches an op, never at import.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+import torch
+
+from . import _extension
+
+BACKENDS: Tuple[str, ...] = ("reference", "cpu", "cuda", "triton")
+OPS: Tuple[str, ...] = ("dynamic_relu", "m2f_attention", "f2m_attention")
+
+# "auto" on each device type: the first backend that can run wins. On CUDA the order comes from
+# the committed GPU benchmarks (README, "Backend choice"); no GPU run has been made yet, so the
+# order prefers the hand-written CUDA kernels (lowest launch latency), then Triton.
+AUTO_ORDER: Dict[str, Tuple[str, ...]] = {
+    "cpu": ("cpu", "reference"),
+    "cuda": ("cuda", "triton", "reference"),
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A forced backend cannot run the op on the given input."""
+
+
+class Availability(NamedTuple):
+    available: bool
+    reasons: Tuple[str, ...]  # empty when available
+
+
+_loaders: Dict[Tuple[str, str], Callable[[], Callable]] = {}
+_resolved: Dict[Tuple[str, str], Callable] = {}
+_selected: str = "auto"
+_choice_cache: Dict[Tuple[str, str, str], Callable] = {}
+
+
+def register(op: str, backend: str, loader: Callable[[], Callable]) -> None:
+    """Register ``loader``, a zero-argument callable returning the implementation of ``op``.
+
+    Loading is deferred so that, e.g., Triton is imported only when its backend is used.
+    """
+    assert op in OPS and backend in BACKENDS, (op, backend)
+    _loaders[(op, backend)] = loader
+    _choice_cache.clear()
+
+
+def _validate(name: str) -> str:
+    if name not in BACKENDS + ("auto",):
+        raise ValueError(f"backend: expected one of {BACKENDS + ('auto',)}, got {name!r}")
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Select the backend for every op: one of ``BACKENDS`` or ``"auto"``."""
+    global _selected
+    _selected = _validate(name)
+    _choice_cache.clear()
+
+
+def get_backend() -> str:
+    return _selected
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Select a backend for the duration of a ``with`` block."""
+    previous = _selected
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def _triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+@functools.lru_cache(maxsize=None)
+def _machine_reasons(backend: str) -> Tuple[str, ...]:
+    """Why ``backend`` cannot run on this machine at all (empty when it can)."""
+    if backend in ("cpu", "cuda") and not _extension.LOADED:
+        return (_extension.LOAD_ERROR or "the C++ extension is not loaded",)
+    if backend == "cuda" and not _extension.WITH_CUDA:
+        return ("the extension was built without CUDA kernels (CPU-only build)",)
+    if backend == "triton" and importlib.util.find_spec("triton") is None:
+        return ("Triton is not installed (pip install triton)",)
+    return ()
+
+
+def _device_reasons(backend: str, device_type: str) -> Tuple[str, ...]:
+    """Why ``backend`` cannot take tensors on ``device_type`` (empty when it can)."""
+    if backend == "reference":
+        return ()
+    if backend == "cpu" and device_type != "cpu":
+        return (f"the cpu backend takes CPU tensors, got {device_type} tensors",)
+    if backend == "cuda":
+        if device_type != "cuda":
+            return (f"the cuda backend takes CUDA tensors, got {device_type} tensors",)
+        if not _cuda_available():
+            return ("no CUDA GPU is available",)
+    if backend == "triton":
+        if device_type == "cpu" and not _triton_interpreted():
+            return ("Triton takes CPU tensors only under TRITON_INTERPRET=1",)
+        if device_type not in ("cpu", "cuda"):
+            return (f"Triton takes CUDA tensors, got {device_type} tensors",)
+        if device_type == "cuda" and not _cuda_available():
+            return ("no CUDA GPU is available",)
+    return ()
+
+
+def _reasons(op: str, backend: str, device_type: Optional[str]) -> Tuple[str, ...]:
+    if (op, backend) not in _loaders:
+        return (f"{op} has no {backend} implementation",)
+    reasons = _machine_reasons(backend)
+    if device_type is not None:
+        reasons += _device_reasons(backend, device_type)
+    return reasons
+
+
+def available_backends() -> Dict[str, Dict[str, Availability]]:
+    """Per op and backend: can it run here (on this machine's default device), and if not why.
+
+    The device considered is CUDA for "cuda"/"triton" and the CPU for "cpu"; the reference
+    always runs.
+    """
+    table: Dict[str, Dict[str, Availability]] = {}
+    for op in OPS:
+        table[op] = {}
+        for backend in BACKENDS:
+            device = {"cpu": "cpu", "cuda": "cuda", "reference": None}.get(backend)
+            if backend == "triton":
+                device = "cuda" if _cuda_available() or not _triton_interpreted() else "cpu"
+            reasons = _reasons(op, backend, device)
+            table[op][backend] = Availability(not reasons, reasons)
+    return table
+
+
+def _load(op: str, backend: str) -> Callable:
+    key = (op, backend)
+    if key not in _resolved:
+        _resolved[key] = _loaders[key]()
+    return _resolved[key]
+
+
+def _choose(op: str, device_type: str) -> Callable:
+    if _selected != "auto":
+        reasons = _reasons(op, _selected, device_type)
+        if reasons:
+            raise BackendUnavailableError(
+                f"mf_kernels: backend {_selected!r} cannot run {op} on {device_type} tensors: "
+                + "; ".join(reasons) + ". Use set_backend('auto') to fall back.")
+        return _load(op, _selected)
+    for backend in AUTO_ORDER.get(device_type, ("reference",)):
+        if not _reasons(op, backend, device_type):
+            return _load(op, backend)
+    return _load(op, "reference")
+
+
+def implementation(op: str, device: torch.device) -> Callable:
+    """The implementation of ``op`` for tensors on ``device`` under the current selection."""
+    key = (op, _selected, device.type)
+    fn = _choice_cache.get(key)
+    if fn is None:
+        fn = _choice_cache[key] = _choose(op, device.type)
+    return fn
+
+
+def selected_backend_name(op: str, device: torch.device) -> str:
+    """Which backend :func:`implementation` picks (for reports and tests)."""
+    fn = implementation(op, device)
+    for (o, backend), resolved in _resolved.items():
+        if o == op and resolved is fn:
+            return backend
+    raise AssertionError("unreachable: the chosen implementation was resolved")
+
+
+def _backend_from_environment() -> None:
+    name = os.environ.get("MF_KERNELS_BACKEND")
+    if name:
+        try:
+            set_backend(name)
+        except ValueError as error:
+            raise ValueError(f"MF_KERNELS_BACKEND: {error}") from None
+
+
+_backend_from_environment()
+
+__all__: List[str] = ["BACKENDS", "OPS", "Availability", "BackendUnavailableError",
+                      "available_backends", "get_backend", "set_backend", "use_backend",
+                      "implementation", "register"]
