@@ -1,4 +1,16 @@
 """Typed entry points of the fused ops. Each routes through :mod:`mf_kernels.backends`."""
+import importlib
+
+from .. import backends
 from .dynamic_relu import dynamic_relu
+
+
+def _triton_loader(op: str):
+    # Imported on first use only: importing Triton costs about a second.
+    return lambda: getattr(importlib.import_module(f"mf_kernels.triton.{op}"), op)
+
+
+for _op in backends.OPS:
+    backends.register(_op, "triton", _triton_loader(_op))
 
 __all__ = ["dynamic_relu"]
