@@ -67,6 +67,7 @@ else:
 # What the extension was built against, so that a failed load can say "built for torch X".
 with open(os.path.join(ROOT, "mf_kernels", "_build_info.json"), "w") as f:
     json.dump({"torch": torch.__version__, "cuda": torch.version.cuda if with_cuda else None,
-               "with_cuda": with_cuda, "reason": reason}, f)
+               "with_cuda": with_cuda, "reason": reason, "sources": sources,
+               "cuda_archs": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None}, f)
 
 setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension})

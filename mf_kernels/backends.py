@@ -19,7 +19,6 @@ only when a CUDA tensor first reaches an op, never at import.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import os
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
@@ -97,21 +96,29 @@ def _triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
 def _cuda_available() -> bool:
+    # torch.cuda.is_available() is cheap after its first call and constant-folded by Dynamo;
+    # it is first called when a CUDA tensor reaches an op, never at import.
     return torch.cuda.is_available()
 
 
-@functools.lru_cache(maxsize=None)
-def _machine_reasons(backend: str) -> Tuple[str, ...]:
-    """Why ``backend`` cannot run on this machine at all (empty when it can)."""
-    if backend in ("cpu", "cuda") and not _extension.LOADED:
-        return (_extension.LOAD_ERROR or "the C++ extension is not loaded",)
-    if backend == "cuda" and not _extension.WITH_CUDA:
-        return ("the extension was built without CUDA kernels (CPU-only build)",)
-    if backend == "triton" and importlib.util.find_spec("triton") is None:
-        return ("Triton is not installed (pip install triton)",)
-    return ()
+def _probe_machine() -> Dict[str, Tuple[str, ...]]:
+    """Why each backend cannot run on this machine at all (empty when it can).
+
+    Probed once at import, without touching CUDA (find_spec does not import Triton), so that
+    nothing is probed while torch.compile traces a forward.
+    """
+    reasons: Dict[str, Tuple[str, ...]] = {backend: () for backend in BACKENDS}
+    if not _extension.LOADED:
+        reasons["cpu"] = reasons["cuda"] = (_extension.LOAD_ERROR or "the extension is not loaded",)
+    elif not _extension.WITH_CUDA:
+        reasons["cuda"] = ("the extension was built without CUDA kernels (CPU-only build)",)
+    if importlib.util.find_spec("triton") is None:
+        reasons["triton"] = ("Triton is not installed (pip install triton)",)
+    return reasons
+
+
+_MACHINE_REASONS = _probe_machine()
 
 
 def _device_reasons(backend: str, device_type: str) -> Tuple[str, ...]:
@@ -138,7 +145,7 @@ def _device_reasons(backend: str, device_type: str) -> Tuple[str, ...]:
 def _reasons(op: str, backend: str, device_type: Optional[str]) -> Tuple[str, ...]:
     if (op, backend) not in _loaders:
         return (f"{op} has no {backend} implementation",)
-    reasons = _machine_reasons(backend)
+    reasons = _MACHINE_REASONS[backend]
     if device_type is not None:
         reasons += _device_reasons(backend, device_type)
     return reasons
