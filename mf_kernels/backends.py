@@ -51,7 +51,7 @@ class Availability(NamedTuple):
 _loaders: Dict[Tuple[str, str], Callable[[], Callable]] = {}
 _resolved: Dict[Tuple[str, str], Callable] = {}
 _selected: str = "auto"
-_choice_cache: Dict[Tuple[str, str, str], Callable] = {}
+_choice_cache: Dict[Tuple[str, str, str], Tuple[str, Callable]] = {}
 
 
 def register(op: str, backend: str, loader: Callable[[], Callable]) -> None:
@@ -176,36 +176,43 @@ def _load(op: str, backend: str) -> Callable:
     return _resolved[key]
 
 
-def _choose(op: str, device_type: str) -> Callable:
+def _choose(op: str, device_type: str) -> str:
     if _selected != "auto":
         reasons = _reasons(op, _selected, device_type)
         if reasons:
             raise BackendUnavailableError(
                 f"mf_kernels: backend {_selected!r} cannot run {op} on {device_type} tensors: "
                 + "; ".join(reasons) + ". Use set_backend('auto') to fall back.")
-        return _load(op, _selected)
+        return _selected
     for backend in AUTO_ORDER.get(device_type, ("reference",)):
         if not _reasons(op, backend, device_type):
-            return _load(op, backend)
-    return _load(op, "reference")
+            return backend
+    return "reference"
+
+
+def _choice(op: str, device: torch.device) -> Tuple[str, Callable]:
+    key = (op, _selected, device.type)
+    choice = _choice_cache.get(key)
+    if choice is None:
+        backend = _choose(op, device.type)
+        choice = _choice_cache[key] = (backend, _load(op, backend))
+    return choice
 
 
 def implementation(op: str, device: torch.device) -> Callable:
     """The implementation of ``op`` for tensors on ``device`` under the current selection."""
-    key = (op, _selected, device.type)
-    fn = _choice_cache.get(key)
-    if fn is None:
-        fn = _choice_cache[key] = _choose(op, device.type)
-    return fn
+    return _choice(op, device)[1]
 
 
-def selected_backend_name(op: str, device: torch.device) -> str:
-    """Which backend :func:`implementation` picks (for reports and tests)."""
-    fn = implementation(op, device)
-    for (o, backend), resolved in _resolved.items():
-        if o == op and resolved is fn:
-            return backend
-    raise AssertionError("unreachable: the chosen implementation was resolved")
+def backend_for(op: str, device: torch.device) -> str:
+    """The name of the backend :func:`implementation` picks for ``op`` on ``device``."""
+    return _choice(op, device)[0]
+
+
+def uses_extension(op: str, device: torch.device) -> bool:
+    """Whether ``op`` on ``device`` runs the extension's kernels ("cpu" or "cuda"), so that the
+    module-level composite ops of the extension (which call those kernels) may be used."""
+    return _choice(op, device)[0] in ("cpu", "cuda")
 
 
 def _backend_from_environment() -> None:
@@ -221,4 +228,4 @@ _backend_from_environment()
 
 __all__: List[str] = ["BACKENDS", "OPS", "Availability", "BackendUnavailableError",
                       "available_backends", "get_backend", "set_backend", "use_backend",
-                      "implementation", "register"]
+                      "implementation", "backend_for", "uses_extension", "register"]

@@ -40,12 +40,12 @@ def test_use_backend_restores_the_previous_selection():
         x, s = torch.randn(1, 2, 3, 3), torch.randn(1, 2, 2)
         torch.testing.assert_close(mf_kernels.ops.dynamic_relu(x, s),
                                    mobileformer.functional.dynamic_relu(x, s))
-        assert backends.selected_backend_name("dynamic_relu", x.device) == "reference"
+        assert backends.backend_for("dynamic_relu", x.device) == "reference"
     assert mf_kernels.get_backend() == "auto"
 
 
 def test_auto_picks_the_cpu_kernel_on_cpu_tensors():
-    assert backends.selected_backend_name("dynamic_relu", torch.device("cpu")) == "cpu"
+    assert backends.backend_for("dynamic_relu", torch.device("cpu")) == "cpu"
 
 
 def test_forced_backend_that_cannot_run_lists_the_reasons():
