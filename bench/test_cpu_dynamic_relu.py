@@ -1,8 +1,6 @@
-"""Dynamic ReLU on the CPU: reference against fused, at every MF-294M site, batch 1 and 32.
-
-Two levels: the op alone (reference.dynamic_relu vs mf_kernels.ops.dynamic_relu on given
-slopes) and the whole module (hyper-MLP included; mobileformer.DynamicReLU vs
-mf_kernels.nn.DynamicReLU). Run: pytest bench/test_cpu_dynamic_relu.py --benchmark-only
+"""The dynamic_relu op on the CPU: reference.dynamic_relu against mf_kernels.ops.dynamic_relu
+on given slopes, at every MF-294M site, batch 1 and 32. (The whole module, hyper-MLP included,
+is in test_cpu_modules.py.) Run: pytest bench/test_cpu_dynamic_relu.py --benchmark-only
 """
 import pytest
 import torch
@@ -33,17 +31,3 @@ def test_op(benchmark, site, batch, impl):
     with torch.inference_mode():
         benchmark(fn, x, slope)
 
-
-@pytest.mark.parametrize("impl", ["reference", "fused"])
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("site", SITES, ids=site_id)
-def test_module(benchmark, site, batch, impl):
-    (C, H, W), (d,) = site
-    module = mobileformer.DynamicReLU(C, d).eval()
-    if impl == "fused":
-        mf_kernels.accelerate(module)
-    x, token = torch.randn(batch, C, H, W), torch.randn(batch, d)
-    benchmark.group = f"DynamicReLU module {site_id(site)} b{batch}"
-    benchmark.extra_info["impl"] = impl
-    with torch.inference_mode():
-        benchmark(module, x, token)
