@@ -11,7 +11,7 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensorMode
 
-from ..ops._checks import (check_float, check_heads, check_rank, check_same, check_tokens,
+from ..ops._checks import (check_float, check_heads, check_rank, check_tokens,
                            output_memory_format)
 
 # Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when these modules are
@@ -24,9 +24,8 @@ TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LOG2E = 1.4426950408889634
 
 __all__ = ["INTERPRETED", "LOG2E", "check_device_and_dtype", "check_attention", "launchable",
-           "feature_map_strides", "empty_feature_map", "output_memory_format",
-           "opaque_under_interpreter", "pow2", "target_programs", "check_float", "check_rank",
-           "check_same"]
+           "feature_map_strides", "empty_feature_map", "opaque_under_interpreter", "pow2",
+           "softmax_scale", "target_programs"]
 
 
 def check_device_and_dtype(x: Tensor, name: str = "x") -> None:
@@ -92,6 +91,12 @@ def empty_feature_map(x: Tensor) -> Tensor:
     """An output for input map ``x`` under the layout rule (``output_memory_format``)."""
     return torch.empty(x.shape, dtype=x.dtype, device=x.device,
                        memory_format=output_memory_format(x))
+
+
+def softmax_scale(channels_per_head) -> float:
+    """s = (C / heads)^-1/2 as a Python float: Triton passes it as an fp32 scalar. int()
+    makes it concrete when torch.compile traces with symbolic shapes."""
+    return float(int(channels_per_head)) ** -0.5
 
 
 def pow2(n: int, lo: int = 1, hi: int = 1 << 30) -> int:

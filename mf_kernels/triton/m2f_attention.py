@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from ._common import (LOG2E, check_attention, empty_feature_map, feature_map_strides, launchable,
-                      opaque_under_interpreter, pow2, target_programs)
+                      opaque_under_interpreter, pow2, softmax_scale, target_programs)
 
 # Positions per split; None picks enough splits to fill the device. Tests set it (and the
 # largest position tile) small to exercise the split-and-combine path on small maps.
@@ -225,7 +225,7 @@ def _softmax_pass(x: Tensor, xs, q: Tensor, heads: int, out: Optional[Tensor],
     os_ = out.stride() if with_values else (0, 0, 0)
     wrap_triton(_m2f_fwd_kernel)[(splits, heads, B)](
         x, q, dummy, dummy, part_max, part_sum, part_acc, B, M, C, HW, D, heads, per_split,
-        D ** -0.5 * LOG2E, *xs, *q.stride(), *os_, WITH_VALUES=with_values,
+        softmax_scale(D) * LOG2E, *xs, *q.stride(), *os_, WITH_VALUES=with_values,
         SINGLE_SPLIT=splits == 1, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_P=block_p,
         num_warps=warps)
     if splits > 1:
@@ -265,8 +265,8 @@ def _m2f_attention_backward_op(grad_out: Tensor, x: Tensor, q: Tensor, out: Tens
     part_grad_q = torch.empty((splits, B, M, C), dtype=torch.float32, device=x.device)
     wrap_triton(_m2f_bwd_kernel)[(splits, heads, B)](
         grad_out, x, q, out, lse, grad_x, part_grad_q, B, M, C, HW, D, heads, per_split,
-        D ** -0.5 * LOG2E, D ** -0.5, *grad_out.stride(), *xs, *q.stride(), *out.stride(),
-        *gxs, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_P=block_p, num_warps=warps)
+        softmax_scale(D) * LOG2E, softmax_scale(D), *grad_out.stride(), *xs, *q.stride(),
+        *out.stride(), *gxs, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_P=block_p, num_warps=warps)
     return grad_x, part_grad_q.sum(0).to(q.dtype)
 
 
