@@ -43,6 +43,7 @@ def test_many_tiles_and_splits(device_dtype, layout, monkeypatch):
     """Small blocks: several position and channel tiles, masked edges, split partial sums."""
     device, dtype = device_dtype
     monkeypatch.setattr(module, "BLOCK_ELEMENTS", 64)
+    monkeypatch.setattr(module, "BACKWARD_BLOCK_ELEMENTS", 64)
     check(*make_inputs((2, 5, 9, 11), 2, True, dtype, layout, device))
 
 

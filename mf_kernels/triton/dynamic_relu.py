@@ -24,8 +24,10 @@ from ..ops._checks import check_dynamic_relu
 from ._common import (check_device_and_dtype, empty_feature_map, feature_map_strides, launchable,
                       opaque_under_interpreter, pow2, target_programs)
 
-# Elements of the [BLOCK_C, BLOCK_K, BLOCK_P] block one program holds (4 warps: 32 a thread).
+# Elements of the [BLOCK_C, BLOCK_K, BLOCK_P] block one program holds (4 warps: 32 a thread
+# in the forward); the backward holds several such blocks at once, so half as many.
 BLOCK_ELEMENTS = 4096
+BACKWARD_BLOCK_ELEMENTS = 2048
 
 
 @triton.jit
@@ -115,11 +117,12 @@ def _dynamic_relu_bwd_kernel(
     tl.store(part_intercept_ptr + part, acc_intercept, mask=ck_ok)
 
 
-def _tiles(C: int, HW: int, K: int, channels_fastest: bool) -> Tuple[int, int, int]:
+def _tiles(C: int, HW: int, K: int, channels_fastest: bool,
+           block_elements: int) -> Tuple[int, int, int]:
     """(BLOCK_C, BLOCK_K, BLOCK_P): the tile runs along the dimension contiguous in memory
     (positions in NCHW, channels in channels_last) for coalesced loads."""
     block_k = pow2(K)
-    budget = max(64, BLOCK_ELEMENTS // block_k)
+    budget = max(64, block_elements // block_k)
     if channels_fastest:
         block_c = pow2(C, hi=min(128, budget))
         return block_c, block_k, pow2(HW, hi=max(1, budget // block_c))
@@ -140,7 +143,7 @@ def _dynamic_relu_op(x: Tensor, slope: Tensor, intercept: Optional[Tensor]) -> T
         return y
     x, xs = feature_map_strides(x)
     _, ys = feature_map_strides(y)
-    block_c, block_k, block_p = _tiles(C, H * W, K, xs[1] == 1)
+    block_c, block_k, block_p = _tiles(C, H * W, K, xs[1] == 1, BLOCK_ELEMENTS)
     grid = (triton.cdiv(H * W, block_p), triton.cdiv(C, block_c), B)
     wrap_triton(_dynamic_relu_fwd_kernel)[grid](
         x, slope, intercept if intercept is not None else slope, y, C, H * W, K,
@@ -164,7 +167,7 @@ def _dynamic_relu_backward_op(grad_y: Tensor, x: Tensor, slope: Tensor,
     x, xs = feature_map_strides(x)
     grad_y, gs = feature_map_strides(grad_y)
     _, os_ = feature_map_strides(grad_x)
-    block_c, block_k, block_p = _tiles(C, HW, K, xs[1] == 1)
+    block_c, block_k, block_p = _tiles(C, HW, K, xs[1] == 1, BACKWARD_BLOCK_ELEMENTS)
     c_tiles = triton.cdiv(C, block_c)
     p_tiles = triton.cdiv(HW, block_p)
     # Enough splits of the positions to fill the device, each a whole number of tiles.

@@ -26,8 +26,11 @@ from torch.library import triton_op, wrap_triton
 from ._common import (LOG2E, check_attention, empty_feature_map, feature_map_strides, launchable,
                       opaque_under_interpreter, pow2, softmax_scale, target_programs)
 
-# Elements of one [D, BLOCK_P] tile (4 warps: 32 a thread per tile held).
-TILE_ELEMENTS = 4096
+# Elements of one [D, BLOCK_P] tile and warps per program. The backward holds three tiles
+# (x, grad_y, grad_x) and the [M, D] accumulators: twice the warps keeps it from spilling.
+TILE_ELEMENTS = 2048
+FORWARD_WARPS = 4
+BACKWARD_WARPS = 8
 # Positions per backward program; None picks enough programs to fill the device.
 POSITIONS_PER_SPLIT: Optional[int] = None
 MAX_BLOCK_P = 256
@@ -165,7 +168,7 @@ def _f2m_attention_op(x: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     block_d, block_p = _tiles(D, HW)
     wrap_triton(_f2m_fwd_kernel)[(triton.cdiv(HW, block_p), heads, B)](
         x, k, v, y, M, HW, D, softmax_scale(D) * LOG2E, *xs, *k.stride(), *v.stride(), *ys,
-        BLOCK_D=block_d, BLOCK_P=block_p, num_warps=4)
+        BLOCK_D=block_d, BLOCK_P=block_p, num_warps=FORWARD_WARPS)
     return y
 
 
@@ -195,7 +198,8 @@ def _f2m_attention_backward_op(grad_y: Tensor, x: Tensor, k: Tensor, v: Tensor,
     wrap_triton(_f2m_bwd_kernel)[(splits, heads, B)](
         grad_y, x, k, v, grad_x, part_grad_k, part_grad_v, B, M, C, HW, D, per_split,
         softmax_scale(D) * LOG2E, softmax_scale(D), *gs, *xs, *k.stride(), *v.stride(), *gxs,
-        BLOCK_M=pow2(M, lo=2), BLOCK_D=block_d, BLOCK_P=block_p, num_warps=4)
+        BLOCK_M=pow2(M, lo=2), BLOCK_D=block_d, BLOCK_P=block_p,
+        num_warps=BACKWARD_WARPS)
     return grad_x, part_grad_k.sum(0).to(k.dtype), part_grad_v.sum(0).to(v.dtype)
 
 

@@ -33,9 +33,12 @@ from ._common import (LOG2E, check_attention, empty_feature_map, feature_map_str
 POSITIONS_PER_SPLIT: Optional[int] = None
 MAX_BLOCK_P = 256
 
-# Elements of the [BLOCK_M, BLOCK_D, BLOCK_P] products one program holds at a time.
+# Elements of the [BLOCK_M, BLOCK_D, BLOCK_P] products one program holds at a time, and the
+# fewest positions per tile (the backward holds more products at once: smaller tiles).
 FORWARD_BLOCK_ELEMENTS = 8192
 BACKWARD_BLOCK_ELEMENTS = 4096
+FORWARD_MIN_BLOCK_P = 16
+BACKWARD_MIN_BLOCK_P = 8
 
 
 @triton.jit
@@ -188,11 +191,12 @@ def _m2f_bwd_kernel(
              acc_grad_q * scale, mask=md_ok)
 
 
-def _blocks(M: int, D: int, HW: int, budget: int) -> Tuple[int, int, int, int]:
+def _blocks(M: int, D: int, HW: int, budget: int, min_p: int) -> Tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_D, BLOCK_P, num_warps): all tokens and a head's channels in one block,
-    positions filling the rest of the budget (at least 16, at most MAX_BLOCK_P)."""
+    positions filling the rest of the budget (at least min_p, at most MAX_BLOCK_P)."""
     block_m, block_d = pow2(M, lo=2), pow2(D, lo=2)
-    block_p = pow2(HW, lo=16, hi=max(16, min(MAX_BLOCK_P, budget // (block_m * block_d))))
+    block_p = pow2(HW, lo=min_p,
+                   hi=max(min_p, min(MAX_BLOCK_P, budget // (block_m * block_d))))
     return block_m, block_d, block_p, 4 if block_m * block_d * block_p <= 4096 else 8
 
 
@@ -212,7 +216,8 @@ def _softmax_pass(x: Tensor, xs, q: Tensor, heads: int, out: Optional[Tensor],
     """Runs the forward (out given) or the statistics pass (lse given) over x."""
     B, C, H, W = x.shape
     M, D, HW = q.shape[1], C // heads, H * W
-    block_m, block_d, block_p, warps = _blocks(M, D, HW, FORWARD_BLOCK_ELEMENTS)
+    block_m, block_d, block_p, warps = _blocks(M, D, HW, FORWARD_BLOCK_ELEMENTS,
+                                                FORWARD_MIN_BLOCK_P)
     splits, per_split = _splits(B, heads, HW, block_p, x.device)
     with_values = out is not None
     dummy = out if with_values else lse
@@ -260,7 +265,8 @@ def _m2f_attention_backward_op(grad_out: Tensor, x: Tensor, q: Tensor, out: Tens
     _, gxs = feature_map_strides(grad_x)
     lse = torch.empty((B, M, heads), dtype=torch.float32, device=x.device)
     _softmax_pass(x, xs, q, heads, out=None, lse=lse)
-    block_m, block_d, block_p, warps = _blocks(M, D, HW, BACKWARD_BLOCK_ELEMENTS)
+    block_m, block_d, block_p, warps = _blocks(M, D, HW, BACKWARD_BLOCK_ELEMENTS,
+                                                BACKWARD_MIN_BLOCK_P)
     splits, per_split = _splits(B, heads, HW, block_p, x.device)
     part_grad_q = torch.empty((splits, B, M, C), dtype=torch.float32, device=x.device)
     wrap_triton(_m2f_bwd_kernel)[(splits, heads, B)](
