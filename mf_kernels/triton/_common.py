@@ -1,6 +1,7 @@
 """Shared plumbing of the Triton ops: input checks, layouts as strides, launch guards, tiles."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Tuple
@@ -24,8 +25,8 @@ TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LOG2E = 1.4426950408889634
 
 __all__ = ["INTERPRETED", "LOG2E", "check_device_and_dtype", "check_attention", "launchable",
-           "feature_map_strides", "empty_feature_map", "opaque_under_interpreter", "pow2",
-           "softmax_scale", "target_programs"]
+           "feature_map_strides", "empty_feature_map", "on_device", "opaque_under_interpreter",
+           "pow2", "softmax_scale", "target_programs"]
 
 
 def check_device_and_dtype(x: Tensor, name: str = "x") -> None:
@@ -60,6 +61,11 @@ def launchable(t: Tensor) -> bool:
     fake implementation only allocates the outputs.
     """
     return not (INTERPRETED and (isinstance(t, FakeTensor) or t.device.type == "meta"))
+
+
+def on_device(t: Tensor):
+    """Triton launches on the current CUDA device: make it t's (a no-op for CPU tensors)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def opaque_under_interpreter(op) -> None:

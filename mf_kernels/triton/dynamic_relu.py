@@ -22,7 +22,7 @@ from torch.library import triton_op, wrap_triton
 
 from ..ops._checks import check_dynamic_relu
 from ._common import (check_device_and_dtype, empty_feature_map, feature_map_strides, launchable,
-                      opaque_under_interpreter, pow2, target_programs)
+                      on_device, opaque_under_interpreter, pow2, target_programs)
 
 # Elements of the [BLOCK_C, BLOCK_K, BLOCK_P] block one program holds (4 warps: 32 a thread
 # in the forward); the backward holds several such blocks at once, so half as many.
@@ -145,11 +145,12 @@ def _dynamic_relu_op(x: Tensor, slope: Tensor, intercept: Optional[Tensor]) -> T
     _, ys = feature_map_strides(y)
     block_c, block_k, block_p = _tiles(C, H * W, K, xs[1] == 1, BLOCK_ELEMENTS)
     grid = (triton.cdiv(H * W, block_p), triton.cdiv(C, block_c), B)
-    wrap_triton(_dynamic_relu_fwd_kernel)[grid](
-        x, slope, intercept if intercept is not None else slope, y, C, H * W, K,
-        *xs, *ys, *slope.stride(), *_strides3(intercept, slope),
-        HAS_INTERCEPT=intercept is not None, BLOCK_C=block_c, BLOCK_K=block_k, BLOCK_P=block_p,
-        num_warps=4)
+    with on_device(x):
+        wrap_triton(_dynamic_relu_fwd_kernel)[grid](
+            x, slope, intercept if intercept is not None else slope, y, C, H * W, K,
+            *xs, *ys, *slope.stride(), *_strides3(intercept, slope),
+            HAS_INTERCEPT=intercept is not None, BLOCK_C=block_c, BLOCK_K=block_k,
+            BLOCK_P=block_p, num_warps=4)
     return y
 
 
@@ -176,11 +177,12 @@ def _dynamic_relu_backward_op(grad_y: Tensor, x: Tensor, slope: Tensor,
     splits = triton.cdiv(HW, positions_per_split)
     part_slope = torch.empty((splits, B, C, K), dtype=torch.float32, device=x.device)
     part_intercept = torch.empty_like(part_slope)
-    wrap_triton(_dynamic_relu_bwd_kernel)[(splits, c_tiles, B)](
-        grad_y, x, slope, intercept if intercept is not None else slope, grad_x, part_slope,
-        part_intercept, B, C, HW, K, positions_per_split, *gs, *xs, *os_, *slope.stride(),
-        *_strides3(intercept, slope), HAS_INTERCEPT=intercept is not None, BLOCK_C=block_c,
-        BLOCK_K=block_k, BLOCK_P=block_p, num_warps=4)
+    with on_device(x):
+        wrap_triton(_dynamic_relu_bwd_kernel)[(splits, c_tiles, B)](
+            grad_y, x, slope, intercept if intercept is not None else slope, grad_x,
+            part_slope, part_intercept, B, C, HW, K, positions_per_split, *gs, *xs, *os_,
+            *slope.stride(), *_strides3(intercept, slope), HAS_INTERCEPT=intercept is not None,
+            BLOCK_C=block_c, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=4)
     return (grad_x, part_slope.sum(0).to(slope.dtype), part_intercept.sum(0).to(slope.dtype))
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from ._common import (LOG2E, check_attention, empty_feature_map, feature_map_strides, launchable,
-                      opaque_under_interpreter, pow2, softmax_scale, target_programs)
+                      on_device, opaque_under_interpreter, pow2, softmax_scale, target_programs)
 
 # Elements of one [D, BLOCK_P] tile and warps per program. The backward holds three tiles
 # (x, grad_y, grad_x) and the [M, D] accumulators: twice the warps keeps it from spilling.
@@ -166,9 +166,10 @@ def _f2m_attention_op(x: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     x, xs = feature_map_strides(x)
     _, ys = feature_map_strides(y)
     block_d, block_p = _tiles(D, HW)
-    wrap_triton(_f2m_fwd_kernel)[(triton.cdiv(HW, block_p), heads, B)](
-        x, k, v, y, M, HW, D, softmax_scale(D) * LOG2E, *xs, *k.stride(), *v.stride(), *ys,
-        BLOCK_D=block_d, BLOCK_P=block_p, num_warps=FORWARD_WARPS)
+    with on_device(x):
+        wrap_triton(_f2m_fwd_kernel)[(triton.cdiv(HW, block_p), heads, B)](
+            x, k, v, y, M, HW, D, softmax_scale(D) * LOG2E, *xs, *k.stride(), *v.stride(),
+            *ys, BLOCK_D=block_d, BLOCK_P=block_p, num_warps=FORWARD_WARPS)
     return y
 
 
@@ -195,11 +196,12 @@ def _f2m_attention_backward_op(grad_y: Tensor, x: Tensor, k: Tensor, v: Tensor,
     splits = triton.cdiv(HW, per_split)
     part_grad_k = torch.empty((splits, B, M, C), dtype=torch.float32, device=x.device)
     part_grad_v = torch.empty_like(part_grad_k)
-    wrap_triton(_f2m_bwd_kernel)[(splits, heads, B)](
-        grad_y, x, k, v, grad_x, part_grad_k, part_grad_v, B, M, C, HW, D, per_split,
-        softmax_scale(D) * LOG2E, softmax_scale(D), *gs, *xs, *k.stride(), *v.stride(), *gxs,
-        BLOCK_M=pow2(M, lo=2), BLOCK_D=block_d, BLOCK_P=block_p,
-        num_warps=BACKWARD_WARPS)
+    with on_device(x):
+        wrap_triton(_f2m_bwd_kernel)[(splits, heads, B)](
+            grad_y, x, k, v, grad_x, part_grad_k, part_grad_v, B, M, C, HW, D, per_split,
+            softmax_scale(D) * LOG2E, softmax_scale(D), *gs, *xs, *k.stride(), *v.stride(),
+            *gxs, BLOCK_M=pow2(M, lo=2), BLOCK_D=block_d, BLOCK_P=block_p,
+            num_warps=BACKWARD_WARPS)
     return grad_x, part_grad_k.sum(0).to(k.dtype), part_grad_v.sum(0).to(v.dtype)
 
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from ._common import (LOG2E, check_attention, empty_feature_map, feature_map_strides, launchable,
-                      opaque_under_interpreter, pow2, softmax_scale, target_programs)
+                      on_device, opaque_under_interpreter, pow2, softmax_scale, target_programs)
 
 # Positions per split; None picks enough splits to fill the device. Tests set it (and the
 # largest position tile) small to exercise the split-and-combine path on small maps.
@@ -228,15 +228,16 @@ def _softmax_pass(x: Tensor, xs, q: Tensor, heads: int, out: Optional[Tensor],
         if with_values:
             part_acc = torch.empty((splits, B, M, C), dtype=torch.float32, device=x.device)
     os_ = out.stride() if with_values else (0, 0, 0)
-    wrap_triton(_m2f_fwd_kernel)[(splits, heads, B)](
-        x, q, dummy, dummy, part_max, part_sum, part_acc, B, M, C, HW, D, heads, per_split,
-        softmax_scale(D) * LOG2E, *xs, *q.stride(), *os_, WITH_VALUES=with_values,
-        SINGLE_SPLIT=splits == 1, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_P=block_p,
-        num_warps=warps)
-    if splits > 1:
-        wrap_triton(_m2f_combine_kernel)[(M, heads, B)](
-            part_max, part_sum, part_acc, dummy, dummy, splits, B, M, C, D, heads, *os_,
-            WITH_VALUES=with_values, BLOCK_D=block_d, num_warps=1 if block_d <= 128 else 4)
+    with on_device(x):
+        wrap_triton(_m2f_fwd_kernel)[(splits, heads, B)](
+            x, q, dummy, dummy, part_max, part_sum, part_acc, B, M, C, HW, D, heads, per_split,
+            softmax_scale(D) * LOG2E, *xs, *q.stride(), *os_, WITH_VALUES=with_values,
+            SINGLE_SPLIT=splits == 1, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_P=block_p,
+            num_warps=warps)
+        if splits > 1:
+            wrap_triton(_m2f_combine_kernel)[(M, heads, B)](
+                part_max, part_sum, part_acc, dummy, dummy, splits, B, M, C, D, heads, *os_,
+                WITH_VALUES=with_values, BLOCK_D=block_d, num_warps=1 if block_d <= 128 else 4)
 
 
 @triton_op("mf_kernels::triton_m2f_attention", mutates_args=())
@@ -269,10 +270,11 @@ def _m2f_attention_backward_op(grad_out: Tensor, x: Tensor, q: Tensor, out: Tens
                                                 BACKWARD_MIN_BLOCK_P)
     splits, per_split = _splits(B, heads, HW, block_p, x.device)
     part_grad_q = torch.empty((splits, B, M, C), dtype=torch.float32, device=x.device)
-    wrap_triton(_m2f_bwd_kernel)[(splits, heads, B)](
-        grad_out, x, q, out, lse, grad_x, part_grad_q, B, M, C, HW, D, heads, per_split,
-        softmax_scale(D) * LOG2E, softmax_scale(D), *grad_out.stride(), *xs, *q.stride(),
-        *out.stride(), *gxs, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_P=block_p, num_warps=warps)
+    with on_device(x):
+        wrap_triton(_m2f_bwd_kernel)[(splits, heads, B)](
+            grad_out, x, q, out, lse, grad_x, part_grad_q, B, M, C, HW, D, heads, per_split,
+            softmax_scale(D) * LOG2E, softmax_scale(D), *grad_out.stride(), *xs, *q.stride(),
+            *out.stride(), *gxs, BLOCK_M=block_m, BLOCK_D=block_d, BLOCK_P=block_p, num_warps=warps)
     return grad_x, part_grad_q.sum(0).to(q.dtype)
 
 
