@@ -8,7 +8,7 @@ import torch
 import numerics
 from mobileformer import functional as reference
 from triton_support import (assert_matches, compile_backend, device_dtype, gpu,  # noqa: F401
-                            run_with_grads)
+                            interpreted, run_with_grads, triton_device)
 
 pytest.importorskip("triton")
 from mf_kernels.triton import dynamic_relu as module  # noqa: E402
@@ -69,7 +69,7 @@ def test_empty(device_dtype, shape):
     assert grad_intercept.shape == slope.shape and not grad_intercept.any()
 
 
-def test_low_precision_interpreted():
+def test_low_precision_interpreted(interpreted):
     """fp16/bf16 on the interpreter (the GPU runs every test in these dtypes)."""
     for dtype in numerics.LOW_PRECISION:
         check(*make_inputs((2, 5, 3, 7), 2, True, dtype, "channels_last"))
@@ -109,8 +109,9 @@ def test_through_backend_selection(device_dtype):
         assert_matches(mf_kernels.ops.dynamic_relu, reference.dynamic_relu, [x, slope], NAMES)
 
 
-def test_rejects_bad_input():
-    x, slope, intercept = make_inputs((1, 3, 2, 2), 2, True, torch.float32)
+def test_rejects_bad_input(triton_device):
+    x, slope, intercept = make_inputs((1, 3, 2, 2), 2, True, torch.float32,
+                                       device=triton_device)
     with pytest.raises(TypeError, match="^x: .*float64"):
         module.dynamic_relu(x.double(), slope.double())
     with pytest.raises(ValueError, match="^slope"):

@@ -8,7 +8,7 @@ import torch
 import numerics
 from mobileformer import functional as reference
 from triton_support import (assert_matches, compile_backend, device_dtype, gpu,  # noqa: F401
-                            run_with_grads)
+                            interpreted, run_with_grads, triton_device)
 
 pytest.importorskip("triton")
 from mf_kernels.triton import m2f_attention as module  # noqa: E402
@@ -67,7 +67,7 @@ def test_empty(device_dtype, shape):
     assert grad_q.shape == q.shape and not grad_q.any()
 
 
-def test_low_precision_interpreted():
+def test_low_precision_interpreted(interpreted):
     """fp16/bf16 on the interpreter (the GPU runs every test in these dtypes)."""
     for dtype in numerics.LOW_PRECISION:
         check(*make_inputs((2, 8, 5, 7, 6, 2), dtype, "channels_last"))
@@ -108,8 +108,8 @@ def test_through_backend_selection(device_dtype):
         assert_matches(entry, reference.m2f_attention, [x, q, heads], NAMES)
 
 
-def test_rejects_bad_input():
-    x, q, heads = make_inputs((1, 8, 2, 2, 3, 2), torch.float32)
+def test_rejects_bad_input(triton_device):
+    x, q, heads = make_inputs((1, 8, 2, 2, 3, 2), torch.float32, device=triton_device)
     with pytest.raises(TypeError, match="^x: .*float64"):
         module.m2f_attention(x.double(), q.double(), heads)
     with pytest.raises(ValueError, match="^heads"):

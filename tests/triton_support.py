@@ -41,6 +41,23 @@ def device_dtype(request):
 
 
 @pytest.fixture
+def triton_device():
+    """The device Triton runs on here: the CPU under the interpreter, else CUDA."""
+    if INTERPRETED:
+        return "cpu"
+    if not torch.cuda.is_available():
+        pytest.skip("compiled Triton needs a CUDA GPU")
+    return "cuda"
+
+
+@pytest.fixture
+def interpreted():
+    """For tests of the interpreter only (on a GPU the device_dtype tests cover them)."""
+    if not INTERPRETED:
+        pytest.skip("runs under TRITON_INTERPRET=1 only")
+
+
+@pytest.fixture
 def gpu():
     """A CUDA device for GPU-only tests (compiled Triton)."""
     if INTERPRETED or not torch.cuda.is_available():
