@@ -136,7 +136,8 @@ def _f2m_bwd_kernel(
             grad_x += (key * scale)[:, None] * d_scores[None, :]
             row_grad_k = tl.sum(d_scores[None, :] * xt, axis=1) * scale
             row_grad_v = tl.sum(attn[None, :] * gy, axis=1)
-            # Tokens are few: a select adds row m into the [M, D] accumulators in registers.
+            # Tokens are few: a select adds row m into the [M, D] accumulators in registers
+            # (Mobile-Former: M <= 6; a large M * D spills, correct but slow).
             is_row = (rows == m)[:, None]
             acc_grad_k = tl.where(is_row, acc_grad_k + row_grad_k[None, :], acc_grad_k)
             acc_grad_v = tl.where(is_row, acc_grad_v + row_grad_v[None, :], acc_grad_v)
