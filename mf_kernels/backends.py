@@ -51,7 +51,7 @@ class Availability(NamedTuple):
 _loaders: Dict[Tuple[str, str], Callable[[], Callable]] = {}
 _resolved: Dict[Tuple[str, str], Callable] = {}
 _selected: str = "auto"
-_choice_cache: Dict[Tuple[str, str, str], Tuple[str, Callable]] = {}
+_choice_cache: Dict[Tuple, Tuple[str, Callable]] = {}
 
 
 def register(op: str, backend: str, loader: Callable[[], Callable]) -> None:
@@ -142,13 +142,20 @@ def _device_reasons(backend: str, device_type: str) -> Tuple[str, ...]:
     return ()
 
 
-def _reasons(op: str, backend: str, device_type: Optional[str]) -> Tuple[str, ...]:
+def _dtype_reasons(backend: str, dtype: Optional[torch.dtype]) -> Tuple[str, ...]:
+    if backend == "triton" and dtype == torch.float64:
+        return ("the triton backend takes fp32, fp16 and bf16, got float64",)
+    return ()
+
+
+def _reasons(op: str, backend: str, device_type: Optional[str],
+             dtype: Optional[torch.dtype] = None) -> Tuple[str, ...]:
     if (op, backend) not in _loaders:
         return (f"{op} has no {backend} implementation",)
     reasons = _MACHINE_REASONS[backend]
     if device_type is not None:
         reasons += _device_reasons(backend, device_type)
-    return reasons
+    return reasons + _dtype_reasons(backend, dtype)
 
 
 def available_backends() -> Dict[str, Dict[str, Availability]]:
@@ -176,43 +183,46 @@ def _load(op: str, backend: str) -> Callable:
     return _resolved[key]
 
 
-def _choose(op: str, device_type: str) -> str:
+def _choose(op: str, device_type: str, dtype: Optional[torch.dtype]) -> str:
     if _selected != "auto":
-        reasons = _reasons(op, _selected, device_type)
+        reasons = _reasons(op, _selected, device_type, dtype)
         if reasons:
             raise BackendUnavailableError(
-                f"mf_kernels: backend {_selected!r} cannot run {op} on {device_type} tensors: "
-                + "; ".join(reasons) + ". Use set_backend('auto') to fall back.")
+                f"mf_kernels: backend {_selected!r} cannot run {op} on {device_type} tensors"
+                f"{'' if dtype is None else f' of {dtype}'}: " + "; ".join(reasons)
+                + ". Use set_backend('auto') to fall back.")
         return _selected
     for backend in AUTO_ORDER.get(device_type, ("reference",)):
-        if not _reasons(op, backend, device_type):
+        if not _reasons(op, backend, device_type, dtype):
             return backend
     return "reference"
 
 
-def _choice(op: str, device: torch.device) -> Tuple[str, Callable]:
-    key = (op, _selected, device.type)
+def _choice(op: str, device: torch.device, dtype: Optional[torch.dtype]) -> Tuple[str, Callable]:
+    key = (op, _selected, device.type, dtype)
     choice = _choice_cache.get(key)
     if choice is None:
-        backend = _choose(op, device.type)
+        backend = _choose(op, device.type, dtype)
         choice = _choice_cache[key] = (backend, _load(op, backend))
     return choice
 
 
-def implementation(op: str, device: torch.device) -> Callable:
-    """The implementation of ``op`` for tensors on ``device`` under the current selection."""
-    return _choice(op, device)[1]
+def implementation(op: str, device: torch.device,
+                   dtype: Optional[torch.dtype] = None) -> Callable:
+    """The implementation of ``op`` for tensors on ``device`` (of ``dtype``) under the current
+    selection."""
+    return _choice(op, device, dtype)[1]
 
 
-def backend_for(op: str, device: torch.device) -> str:
-    """The name of the backend :func:`implementation` picks for ``op`` on ``device``."""
-    return _choice(op, device)[0]
+def backend_for(op: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+    """The name of the backend :func:`implementation` picks."""
+    return _choice(op, device, dtype)[0]
 
 
-def uses_extension(op: str, device: torch.device) -> bool:
-    """Whether ``op`` on ``device`` runs the extension's kernels ("cpu" or "cuda"), so that the
-    module-level composite ops of the extension (which call those kernels) may be used."""
-    return _choice(op, device)[0] in ("cpu", "cuda")
+def uses_extension(op: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> bool:
+    """Whether ``op`` runs the extension's kernels ("cpu" or "cuda"), so that the module-level
+    composite ops of the extension (which call those kernels) may be used."""
+    return _choice(op, device, dtype)[0] in ("cpu", "cuda")
 
 
 def _backend_from_environment() -> None:

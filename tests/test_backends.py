@@ -51,7 +51,7 @@ def test_auto_picks_the_cpu_kernel_on_cpu_tensors():
 def test_forced_backend_that_cannot_run_lists_the_reasons():
     with mf_kernels.use_backend("cuda"):
         with pytest.raises(mf_kernels.BackendUnavailableError,
-                           match="'cuda' cannot run dynamic_relu on cpu tensors: .*CUDA tensors"):
+                           match="'cuda' cannot run dynamic_relu on cpu tensors.*takes CUDA tensors"):
             mf_kernels.ops.dynamic_relu(torch.randn(1, 2, 3, 3), torch.randn(1, 2, 2))
 
 
@@ -101,3 +101,19 @@ print(len(calls))
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0"
+
+
+def test_forced_triton_rejects_fp64_with_the_reason():
+    """Triton takes no fp64: forcing it says so (here under TRITON_INTERPRET=1, set by conftest)."""
+    x, s = torch.randn(1, 2, 3, 3, dtype=torch.float64), torch.randn(1, 2, 2, dtype=torch.float64)
+    with mf_kernels.use_backend("triton"):
+        with pytest.raises(mf_kernels.BackendUnavailableError, match="float64"):
+            mf_kernels.ops.dynamic_relu(x, s)
+
+
+def test_triton_runs_the_public_entry_point_under_the_interpreter():
+    x, s = torch.randn(2, 3, 5, 7), torch.randn(2, 3, 2)
+    with mf_kernels.use_backend("triton"):
+        assert backends.backend_for("dynamic_relu", x.device, x.dtype) == "triton"
+        torch.testing.assert_close(mf_kernels.ops.dynamic_relu(x, s),
+                                   mobileformer.functional.dynamic_relu(x, s))

@@ -110,7 +110,7 @@ def test_through_backend_selection(device_dtype):
     device, dtype = device_dtype
     x, k, v, heads = make_inputs((2, 8, 3, 5, 6, 2), dtype, device=device)
     with mf_kernels.use_backend("triton"):
-        assert backends.selected_backend_name("f2m_attention", x.device) == "triton"
+        assert backends.backend_for("f2m_attention", x.device) == "triton"
         entry = getattr(mf_kernels.ops, "f2m_attention", None)  # the typed entry point, once
         entry = entry or backends.implementation("f2m_attention", x.device)  # it exists
         assert_matches(entry, reference.f2m_attention, [x, k, v, heads], NAMES)

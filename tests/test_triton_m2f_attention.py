@@ -102,7 +102,7 @@ def test_through_backend_selection(device_dtype):
     device, dtype = device_dtype
     x, q, heads = make_inputs((2, 8, 3, 5, 6, 2), dtype, device=device)
     with mf_kernels.use_backend("triton"):
-        assert backends.selected_backend_name("m2f_attention", x.device) == "triton"
+        assert backends.backend_for("m2f_attention", x.device) == "triton"
         entry = getattr(mf_kernels.ops, "m2f_attention", None)  # the typed entry point, once
         entry = entry or backends.implementation("m2f_attention", x.device)  # it exists
         assert_matches(entry, reference.m2f_attention, [x, q, heads], NAMES)

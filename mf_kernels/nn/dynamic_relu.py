@@ -18,7 +18,7 @@ class DynamicReLU(mobileformer.DynamicReLU):
     """
 
     def forward(self, x: Tensor, token: Tensor) -> Tensor:
-        if backends.uses_extension("dynamic_relu", x.device):
+        if backends.uses_extension("dynamic_relu", x.device, x.dtype):
             first, second = self.hyper[0], self.hyper[2]
             return torch.ops.mf_kernels.hyper_dynamic_relu(
                 x, token, first.weight, first.bias, second.weight, second.bias)

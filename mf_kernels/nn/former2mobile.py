@@ -17,7 +17,7 @@ class Former2Mobile(mobileformer.Former2Mobile):
     """
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
-        if backends.uses_extension("f2m_attention", x.device):
+        if backends.uses_extension("f2m_attention", x.device, x.dtype):
             return torch.ops.mf_kernels.former2mobile(
                 x, z, self.k.weight, self.k.bias, self.proj.weight, self.proj.bias, self.heads)
         return ops.f2m_attention(x, self.k(z), self.proj(z), self.heads)

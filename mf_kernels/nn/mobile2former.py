@@ -17,7 +17,7 @@ class Mobile2Former(mobileformer.Mobile2Former):
     """
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
-        if backends.uses_extension("m2f_attention", x.device):
+        if backends.uses_extension("m2f_attention", x.device, x.dtype):
             gate, norm = self.alpha[0], self.layer_norm
             return torch.ops.mf_kernels.mobile2former(
                 x, z, self.q.weight, self.q.bias, gate.weight, gate.bias, self.proj.weight,

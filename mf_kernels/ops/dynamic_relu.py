@@ -31,7 +31,7 @@ def dynamic_relu(x: Tensor, slope: Tensor, intercept: Optional[Tensor] = None) -
         gradient evenly (as ``torch.maximum``).
     """
     check_dynamic_relu(x, slope, intercept)
-    return backends.implementation("dynamic_relu", x.device)(x, slope, intercept)
+    return backends.implementation("dynamic_relu", x.device, x.dtype)(x, slope, intercept)
 
 
 backends.register("dynamic_relu", "reference", lambda: reference.dynamic_relu)
