@@ -43,13 +43,23 @@ class _CompileFallback:
     def engage(self, error: BaseException) -> bool:
         if self.reason is not None:
             return False  # already off: the failure is something else
-        first_line = next((line for line in str(error).splitlines() if line.strip()), "")
-        self.reason = f"{type(error).__name__}: {first_line}"[:300]
+        self.reason = f"{type(error).__name__}: {_cause_line(error)}"[:300]
         self.config.pattern_matcher = False
         return True
 
     def restore(self) -> None:
         self.config.pattern_matcher = self.original
+
+
+def _cause_line(error: BaseException) -> str:
+    """The informative line of an error: for a wrapped compiler error ("backend='inductor'
+    raised:"), the underlying "SomethingError: ..." line rather than the wrapper's."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        head = line.split(":", 1)[0]
+        if head.endswith(("Error", "Exception")) and " " not in head:
+            return line
+    return lines[0] if lines else ""
 
 
 def _mobileformer_counts(model: torch.nn.Module, size: int) -> Tuple[int, int]:
@@ -116,11 +126,13 @@ def _run_row(row: Row, config: BenchConfig, fallback: _CompileFallback,
                           max_repeats=config.max_repeats, warmup=config.warmup,
                           synchronize=cuda_synchronizer(config.device))
     with torch.inference_mode(config.mode == "infer"):
+        attempt_start = time.perf_counter()
         try:
             timing = measure(step, **timing_options)
         except Exception as error:
             if not (row.compiled and fallback.engage(error)):
                 raise
+            result["failed_compile_attempt_s"] = time.perf_counter() - attempt_start
             timing = measure(step, **timing_options)
         if config.mode == "infer" and row.is_mobileformer:
             logits = model(x)
@@ -189,7 +201,7 @@ def run(config: BenchConfig, command: Optional[List[str]] = None) -> Dict[str, o
             try:
                 results.append(_run_row(row, config, fallback, references))
             except Exception as error:  # record it and go on: one broken row spoils no run
-                first = next((s for s in str(error).splitlines() if s.strip()), "")
+                first = _cause_line(error)
                 results.append({"id": row.id, "model": row.name, "size": row.size,
                                 "kind": row.kind, "compiled": row.compiled, "label": row.label,
                                 "batch": config.batch, "reference_id": row.reference_id,
