@@ -16,7 +16,6 @@ import sys
 
 import torch
 from setuptools import setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
@@ -45,8 +44,11 @@ def rel(paths):
 
 
 with_cuda, reason = cuda_decision()
+# Imported only now: cpp_extension reads CUDA_HOME once, at import.
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))
-              + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+              + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
+              + glob.glob(os.path.join(ROOT, "csrc", "composite", "*.cpp")))
 cxx_flags = ["-O3", "-fvisibility=hidden"]
 define_macros = []
 if with_cuda:
@@ -67,6 +69,7 @@ else:
 # What the extension was built against, so that a failed load can say "built for torch X".
 with open(os.path.join(ROOT, "mf_kernels", "_build_info.json"), "w") as f:
     json.dump({"torch": torch.__version__, "cuda": torch.version.cuda if with_cuda else None,
-               "with_cuda": with_cuda, "reason": reason}, f)
+               "with_cuda": with_cuda, "reason": reason, "sources": sources,
+               "cuda_archs": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None}, f)
 
 setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension})

@@ -29,4 +29,28 @@ TORCH_LIBRARY(mf_kernels, m) {
   m.def(
       "f2m_attention_backward(Tensor grad_y, Tensor x, Tensor k, Tensor v, int heads)"
       " -> (Tensor, Tensor, Tensor)");
+
+  // Module-level composites (csrc/composite/): a whole reference module in one call, built
+  // from ATen ops and the fused ops above; CompositeImplicitAutograd, so autograd and
+  // torch.compile see through them. Weights are in nn.Linear / nn.LayerNorm layout.
+  m.def(
+      "mobile2former(Tensor x, Tensor z, Tensor q_weight, Tensor q_bias, Tensor gate_weight,"
+      " Tensor gate_bias, Tensor proj_weight, Tensor proj_bias, Tensor norm_weight,"
+      " Tensor norm_bias, int heads) -> Tensor");
+  m.def(
+      "former(Tensor z, Tensor q_weight, Tensor q_bias, Tensor out_weight, Tensor out_bias,"
+      " Tensor norm1_weight, Tensor norm1_bias, Tensor ffn1_weight, Tensor ffn1_bias,"
+      " Tensor ffn2_weight, Tensor ffn2_bias, Tensor norm2_weight, Tensor norm2_bias,"
+      " int heads) -> Tensor");
+  m.def(
+      "former2mobile(Tensor x, Tensor z, Tensor k_weight, Tensor k_bias, Tensor v_weight,"
+      " Tensor v_bias, int heads) -> Tensor");
+  m.def("dynamic_relu_slopes(Tensor token, Tensor w1, Tensor b1, Tensor w2, Tensor b2) -> Tensor");
+  m.def(
+      "hyper_dynamic_relu(Tensor x, Tensor token, Tensor w1, Tensor b1, Tensor w2, Tensor b2)"
+      " -> Tensor");
+  // All token work of one block (freeze): returns (tokens, slope1, slope2, k, v).
+  m.def(
+      "block_tokens(Tensor x, Tensor z, Tensor[] weights, int bridge_heads, int former_heads)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

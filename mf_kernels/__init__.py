@@ -8,11 +8,12 @@ Ops (``mf_kernels.ops``), drop-in modules (``mf_kernels.nn``), and backend selec
 """
 from . import _extension
 from . import ops, nn
-from .accelerate import accelerate
+from .patching import accelerate
+from .freeze import freeze
 from .backends import (BACKENDS, BackendUnavailableError, available_backends, get_backend,
                        set_backend, use_backend)
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "nn", "accelerate", "set_backend", "get_backend", "use_backend",
+__all__ = ["ops", "nn", "accelerate", "freeze", "set_backend", "get_backend", "use_backend",
            "available_backends", "BackendUnavailableError", "BACKENDS", "__version__"]

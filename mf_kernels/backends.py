@@ -19,7 +19,6 @@ only when a CUDA tensor first reaches an op, never at import.
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import os
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
@@ -52,7 +51,7 @@ class Availability(NamedTuple):
 _loaders: Dict[Tuple[str, str], Callable[[], Callable]] = {}
 _resolved: Dict[Tuple[str, str], Callable] = {}
 _selected: str = "auto"
-_choice_cache: Dict[Tuple[str, str, str], Callable] = {}
+_choice_cache: Dict[Tuple[str, str, str], Tuple[str, Callable]] = {}
 
 
 def register(op: str, backend: str, loader: Callable[[], Callable]) -> None:
@@ -97,21 +96,29 @@ def _triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
 def _cuda_available() -> bool:
+    # torch.cuda.is_available() is cheap after its first call and constant-folded by Dynamo;
+    # it is first called when a CUDA tensor reaches an op, never at import.
     return torch.cuda.is_available()
 
 
-@functools.lru_cache(maxsize=None)
-def _machine_reasons(backend: str) -> Tuple[str, ...]:
-    """Why ``backend`` cannot run on this machine at all (empty when it can)."""
-    if backend in ("cpu", "cuda") and not _extension.LOADED:
-        return (_extension.LOAD_ERROR or "the C++ extension is not loaded",)
-    if backend == "cuda" and not _extension.WITH_CUDA:
-        return ("the extension was built without CUDA kernels (CPU-only build)",)
-    if backend == "triton" and importlib.util.find_spec("triton") is None:
-        return ("Triton is not installed (pip install triton)",)
-    return ()
+def _probe_machine() -> Dict[str, Tuple[str, ...]]:
+    """Why each backend cannot run on this machine at all (empty when it can).
+
+    Probed once at import, without touching CUDA (find_spec does not import Triton), so that
+    nothing is probed while torch.compile traces a forward.
+    """
+    reasons: Dict[str, Tuple[str, ...]] = {backend: () for backend in BACKENDS}
+    if not _extension.LOADED:
+        reasons["cpu"] = reasons["cuda"] = (_extension.LOAD_ERROR or "the extension is not loaded",)
+    elif not _extension.WITH_CUDA:
+        reasons["cuda"] = ("the extension was built without CUDA kernels (CPU-only build)",)
+    if importlib.util.find_spec("triton") is None:
+        reasons["triton"] = ("Triton is not installed (pip install triton)",)
+    return reasons
+
+
+_MACHINE_REASONS = _probe_machine()
 
 
 def _device_reasons(backend: str, device_type: str) -> Tuple[str, ...]:
@@ -138,7 +145,7 @@ def _device_reasons(backend: str, device_type: str) -> Tuple[str, ...]:
 def _reasons(op: str, backend: str, device_type: Optional[str]) -> Tuple[str, ...]:
     if (op, backend) not in _loaders:
         return (f"{op} has no {backend} implementation",)
-    reasons = _machine_reasons(backend)
+    reasons = _MACHINE_REASONS[backend]
     if device_type is not None:
         reasons += _device_reasons(backend, device_type)
     return reasons
@@ -169,36 +176,43 @@ def _load(op: str, backend: str) -> Callable:
     return _resolved[key]
 
 
-def _choose(op: str, device_type: str) -> Callable:
+def _choose(op: str, device_type: str) -> str:
     if _selected != "auto":
         reasons = _reasons(op, _selected, device_type)
         if reasons:
             raise BackendUnavailableError(
                 f"mf_kernels: backend {_selected!r} cannot run {op} on {device_type} tensors: "
                 + "; ".join(reasons) + ". Use set_backend('auto') to fall back.")
-        return _load(op, _selected)
+        return _selected
     for backend in AUTO_ORDER.get(device_type, ("reference",)):
         if not _reasons(op, backend, device_type):
-            return _load(op, backend)
-    return _load(op, "reference")
+            return backend
+    return "reference"
+
+
+def _choice(op: str, device: torch.device) -> Tuple[str, Callable]:
+    key = (op, _selected, device.type)
+    choice = _choice_cache.get(key)
+    if choice is None:
+        backend = _choose(op, device.type)
+        choice = _choice_cache[key] = (backend, _load(op, backend))
+    return choice
 
 
 def implementation(op: str, device: torch.device) -> Callable:
     """The implementation of ``op`` for tensors on ``device`` under the current selection."""
-    key = (op, _selected, device.type)
-    fn = _choice_cache.get(key)
-    if fn is None:
-        fn = _choice_cache[key] = _choose(op, device.type)
-    return fn
+    return _choice(op, device)[1]
 
 
-def selected_backend_name(op: str, device: torch.device) -> str:
-    """Which backend :func:`implementation` picks (for reports and tests)."""
-    fn = implementation(op, device)
-    for (o, backend), resolved in _resolved.items():
-        if o == op and resolved is fn:
-            return backend
-    raise AssertionError("unreachable: the chosen implementation was resolved")
+def backend_for(op: str, device: torch.device) -> str:
+    """The name of the backend :func:`implementation` picks for ``op`` on ``device``."""
+    return _choice(op, device)[0]
+
+
+def uses_extension(op: str, device: torch.device) -> bool:
+    """Whether ``op`` on ``device`` runs the extension's kernels ("cpu" or "cuda"), so that the
+    module-level composite ops of the extension (which call those kernels) may be used."""
+    return _choice(op, device)[0] in ("cpu", "cuda")
 
 
 def _backend_from_environment() -> None:
@@ -214,4 +228,4 @@ _backend_from_environment()
 
 __all__: List[str] = ["BACKENDS", "OPS", "Availability", "BackendUnavailableError",
                       "available_backends", "get_backend", "set_backend", "use_backend",
-                      "implementation", "register"]
+                      "implementation", "backend_for", "uses_extension", "register"]

@@ -14,6 +14,9 @@ from . import nn as fused
 # hook and state_dict key as it is.
 ACCELERATED: Dict[Type[nn.Module], Type[nn.Module]] = {
     mobileformer.DynamicReLU: fused.DynamicReLU,
+    mobileformer.Mobile2Former: fused.Mobile2Former,
+    mobileformer.Former: fused.Former,
+    mobileformer.Former2Mobile: fused.Former2Mobile,
 }
 
 
