@@ -9,28 +9,38 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-Series = List[Tuple[int, float]]  # (image size, median latency in ms)
+Series = List[Tuple[int, float, float, float]]  # (image size, median, q1, q3), ms
+
+
+def find_crossovers(sizes: Sequence[int], ours: Sequence[float],
+                    theirs: Sequence[float]) -> List[Tuple[float, str]]:
+    """Every image size where ``ours`` and ``theirs`` cross, interpolated linearly between the
+    measured sizes, with which way ("faster" = ours becomes the faster one). Noisy timings
+    can cross more than once; all crossings are kept so that the report can say so."""
+    gaps = [a - b for a, b in zip(ours, theirs)]
+    found: List[Tuple[float, str]] = []
+    for i, gap in enumerate(gaps):
+        after = gaps[i + 1] if i + 1 < len(gaps) else None
+        if after is None:
+            break
+        if gap == 0 and i > 0 and gaps[i - 1] * after < 0:  # a tie exactly at a measured size
+            found.append((float(sizes[i]), "faster" if after < 0 else "slower"))
+        elif gap * after < 0:
+            fraction = gap / (gap - after)
+            found.append((sizes[i] + fraction * (sizes[i + 1] - sizes[i]),
+                          "faster" if gap > 0 else "slower"))
+    return found
 
 
 def find_crossover(sizes: Sequence[int], ours: Sequence[float],
                    theirs: Sequence[float]) -> Optional[Tuple[float, str]]:
-    """The first image size where ``ours`` and ``theirs`` cross, interpolated linearly between
-    the measured sizes, and which way: ("faster" = ours becomes the faster one). None when the
-    curves do not cross inside the measured range."""
-    gaps = [a - b for a, b in zip(ours, theirs)]
-    for i, gap in enumerate(gaps):
-        if gap == 0:
-            direction = "faster" if i + 1 < len(gaps) and gaps[i + 1] < 0 else "slower"
-            return float(sizes[i]), direction
-        if i + 1 < len(gaps) and gap * gaps[i + 1] < 0:
-            fraction = gap / (gap - gaps[i + 1])
-            size = sizes[i] + fraction * (sizes[i + 1] - sizes[i])
-            return size, "faster" if gap > 0 else "slower"
-    return None
+    """The first crossing (see :func:`find_crossovers`), or None inside the measured range."""
+    found = find_crossovers(sizes, ours, theirs)
+    return found[0] if found else None
 
 
 def series_from_record(record: Dict, variant: str) -> Dict[str, Series]:
-    """label -> [(size, median ms)] for the rows the figure draws."""
+    """label -> [(size, median ms, first quartile, third quartile)] for the drawn rows."""
     wanted = {
         (variant, "reference", False): "Mobile-Former reference (eager)",
         (variant, "reference", True): "Mobile-Former reference (torch.compile)",
@@ -42,26 +52,38 @@ def series_from_record(record: Dict, variant: str) -> Dict[str, Series]:
     for r in record["results"]:
         label = wanted.get((r["model"], r["kind"], r["compiled"]))
         if label and r.get("median_ms") is not None:
-            series.setdefault(label, []).append((r["size"], r["median_ms"]))
+            median = r["median_ms"]
+            series.setdefault(label, []).append(
+                (r["size"], median, r.get("q1_ms", median), r.get("q3_ms", median)))
     return {label: sorted(points) for label, points in series.items()}
 
 
 def crossover_from_series(series: Dict[str, Series], variant: str) -> Dict[str, object]:
-    ours = dict(series.get("Mobile-Former accelerated (eager)", []))
-    theirs = dict(series.get("MobileNetV3-Large 1.0x (eager)", []))
+    ours = {p[0]: p[1] for p in series.get("Mobile-Former accelerated (eager)", [])}
+    theirs = {p[0]: p[1] for p in series.get("MobileNetV3-Large 1.0x (eager)", [])}
     sizes = sorted(set(ours) & set(theirs))
-    found = find_crossover(sizes, [ours[s] for s in sizes], [theirs[s] for s in sizes])
+    found = find_crossovers(sizes, [ours[s] for s in sizes], [theirs[s] for s in sizes])
     name = "MF-" + variant.split("_")[-1].upper()
-    if found is None:
+    block: Dict[str, object] = {"crossovers": [[round(size, 1), way] for size, way in found]}
+    if not sizes:
+        return {**block, "crossover_size": None, "crossover_direction": None,
+                "crossover_note": "no crossover in range (nothing measured)"}
+    if not found:
+        faster = ours[sizes[0]] < theirs[sizes[0]]
         note = (f"no crossover in range ({sizes[0]}-{sizes[-1]} px): accelerated {name} is "
-                + ("faster" if sizes and ours[sizes[0]] < theirs[sizes[0]] else "slower")
-                + " than MobileNetV3-Large 1.0x at every measured size") if sizes else \
-            "no crossover in range (nothing measured)"
-        return {"crossover_size": None, "crossover_direction": None, "crossover_note": note}
-    size, direction = found
-    note = (f"crossover at {size:.0f} px: above it accelerated {name} is {direction} than "
+                f"{'faster' if faster else 'slower'} than MobileNetV3-Large 1.0x at every "
+                "measured size")
+        return {**block, "crossover_size": None, "crossover_direction": None,
+                "crossover_note": note}
+    size, direction = found[0]
+    note = (f"crossover at {size:.0f} px: from there accelerated {name} is {direction} than "
             "MobileNetV3-Large 1.0x (linear interpolation between measured sizes)")
-    return {"crossover_size": size, "crossover_direction": direction, "crossover_note": note}
+    if len(found) > 1:
+        note += (f"; the curves cross {len(found)} times in all (at "
+                 + ", ".join(f"{s:.0f}" for s, _ in found)
+                 + " px): the timings are noisy, rerun on a quieter machine")
+    return {**block, "crossover_size": size, "crossover_direction": direction,
+            "crossover_note": note}
 
 
 def plot(series: Dict[str, Series], crossover: Dict[str, object], path: str,
@@ -81,24 +103,27 @@ def plot(series: Dict[str, Series], crossover: Dict[str, object], path: str,
     for label, points in series.items():
         color, marker, line = next((v for k, v in styles.items() if k in label),
                                    ("black", "x", ":"))
-        sizes, ms = zip(*points)
-        ax.plot(sizes, ms, marker=marker, linestyle=line, color=color, label=label)
-    size = crossover.get("crossover_size")
-    if size is not None:
-        ax.axvline(size, color="tab:red", linestyle=":", linewidth=1.2)
-        ax.annotate(f"crossover ~{size:.0f} px", xy=(size, 0.5), xycoords=("data", "axes fraction"),
-                    xytext=(6, 0), textcoords="offset points", color="tab:red", rotation=90,
-                    va="center")
-    else:
-        ax.text(0.02, 0.96, "no crossover in range", transform=ax.transAxes, color="tab:red",
-                va="top")
-    all_sizes = sorted({s for points in series.values() for s, _ in points})
+        sizes, ms, q1, q3 = (list(column) for column in zip(*points))
+        # error bars: the interquartile range of the repeats, the spread the median hides
+        spread = [[m - lo for m, lo in zip(ms, q1)], [hi - m for m, hi in zip(ms, q3)]]
+        ax.errorbar(sizes, ms, yerr=spread, marker=marker, linestyle=line, color=color,
+                    label=label, capsize=3, markersize=5)
+    for index, (size, _) in enumerate(crossover.get("crossovers") or []):
+        ax.axvline(size, color="tab:red", linestyle=":", linewidth=1.2,
+                   label="crossover (accelerated vs MobileNetV3)" if index == 0 else None)
+        ax.annotate(f"{size:.0f} px", xy=(size, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(3, -12 - 11 * index), textcoords="offset points", color="tab:red",
+                    fontsize=8)  # staggered: noisy curves can cross at nearby sizes
+    if not crossover.get("crossovers"):
+        ax.text(0.98, 0.03, "no crossover in range", transform=ax.transAxes,
+                color="tab:red", ha="right", va="bottom")
+    all_sizes = sorted({point[0] for points in series.values() for point in points})
     ax.set_xticks(all_sizes)
     ax.set_xlabel("image size (px, square)")
     ax.set_ylabel("latency (ms, median)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, 0.9) if size is None else None)
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
@@ -115,7 +140,8 @@ def make_figure5(record: Dict, path: str) -> Dict[str, object]:
     env, config = record["environment"], record["config"]
     machine = env.get("gpu") if config["device"] == "cuda" else env.get("cpu")
     title = (f"{variant} vs MobileNetV3-Large, batch {config['batch']}, {config['dtype']}, "
-             f"{config['threads']} thread(s)\n{machine}")
+             f"{config['threads']} thread(s)\n{machine}, load average at start "
+             f"{env.get('load_average_at_start')}; bars: interquartile range")
     plot(series, crossover, path, title)
     return {"png": os.path.basename(path), "variant": variant,
             "series": {k: [list(p) for p in v] for k, v in series.items()}, **crossover}

@@ -34,7 +34,8 @@ def table_rows(record: Dict) -> List[List[str]]:
     lines = []
     for r in record["results"]:
         if "error" in r:
-            cells = [r["model"], str(r["size"]), r["label"], "FAILED: " + r["error"]]
+            message = r["error"] if len(r["error"]) <= 100 else r["error"][:97] + "..."
+            cells = [r["model"], str(r["size"]), r["label"], "FAILED: " + message]
             lines.append(cells + [""] * (len(headers) - len(cells)))
             continue
         ratio = r.get("ratio_to_eager_reference")
