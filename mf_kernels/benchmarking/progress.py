@@ -39,6 +39,12 @@ class Progress:
         """Announce the row about to run (redraws the bar without advancing)."""
         self._draw(label)
 
+    def note(self, message: str) -> None:
+        """A line that stays (e.g. the parity verdict), printed above the bar."""
+        if self.enabled:
+            self.stream.write(("\r\033[K" if self.interactive else "") + message + "\n")
+            self.stream.flush()
+
     def advance(self, label: str = "") -> None:
         self.done += 1
         if self.interactive:

@@ -41,8 +41,11 @@ class _CompileFallback:
         self.reason: Optional[str] = None
 
     def engage(self, error: BaseException) -> bool:
-        if self.reason is not None:
-            return False  # already off: the failure is something else
+        """Turn the pattern matcher off if ``error`` is the backend compiler's own failure
+        (not, say, an op with no kernel) and it is still on; True if the caller may retry."""
+        if self.reason is not None or not isinstance(
+                error, torch._dynamo.exc.BackendCompilerFailed):
+            return False
         self.reason = f"{type(error).__name__}: {_cause_line(error)}"[:300]
         self.config.pattern_matcher = False
         return True
@@ -109,15 +112,15 @@ def _relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def _run_row(row: Row, config: BenchConfig, fallback: _CompileFallback,
-             references: Dict[str, torch.Tensor]) -> Dict[str, object]:
+             references: Dict[str, torch.Tensor], progress: Progress) -> Dict[str, object]:
     result: Dict[str, object] = {
         "id": row.id, "model": row.name, "size": row.size, "kind": row.kind,
         "compiled": row.compiled, "label": row.label, "batch": config.batch,
         "reference_id": row.reference_id}
     cuda = config.device == "cuda"
     model, raw, result["params"], result["madds"] = _build(row, config)
-    train_dtype = "fp32" if config.autocast else config.dtype
-    x = builders.build_input(config.batch, row.size, train_dtype, config.device,
+    input_dtype = "fp32" if config.autocast else config.dtype  # autocast casts inside
+    x = builders.build_input(config.batch, row.size, input_dtype, config.device,
                              config.channels_last)
     step = _step(model, raw, x, config)
     if cuda:
@@ -140,6 +143,10 @@ def _run_row(row: Row, config: BenchConfig, fallback: _CompileFallback,
                 references[row.id] = logits.detach().clone()
             elif row.reference_id in references:
                 result["rel_err"] = _relative_error(logits, references[row.reference_id])
+                if not row.compiled:  # said at once: no need to wait for the table
+                    progress.note(f"parity: {row.name} {row.size}px {row.label} vs reference: "
+                                  f"rel err {result['rel_err']:.1e} "
+                                  f"(gated at {config.parity_tolerance:g} in fp32)")
     result.update(timing.summary_ms())
     if row.compiled:
         # the first call compiles; less one ordinary call, it is the compile time
@@ -199,7 +206,7 @@ def run(config: BenchConfig, command: Optional[List[str]] = None) -> Dict[str, o
             what = "compiling, then timing" if row.compiled else "timing"
             progress.show(f"{row.name} {row.size}px {row.label}: {what}")
             try:
-                results.append(_run_row(row, config, fallback, references))
+                results.append(_run_row(row, config, fallback, references, progress))
             except Exception as error:  # record it and go on: one broken row spoils no run
                 first = _cause_line(error)
                 results.append({"id": row.id, "model": row.name, "size": row.size,
