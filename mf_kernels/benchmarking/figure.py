@@ -46,6 +46,7 @@ def series_from_record(record: Dict, variant: str) -> Dict[str, Series]:
         (variant, "reference", True): "Mobile-Former reference (torch.compile)",
         (variant, "accelerated", False): "Mobile-Former accelerated (eager)",
         (variant, "accelerated", True): "Mobile-Former accelerated (torch.compile)",
+        (variant, "frozen", False): "Mobile-Former accelerated + frozen (eager)",
         ("mobilenet_v3_large_1.0x", "mobilenetv3", False): "MobileNetV3-Large 1.0x (eager)",
     }
     series: Dict[str, Series] = {}
@@ -94,7 +95,8 @@ def plot(series: Dict[str, Series], crossover: Dict[str, object], path: str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    styles = {"reference (eager)": ("tab:gray", "o", "-"),
+    styles = {"frozen (eager)": ("tab:green", "D", "-"),
+              "reference (eager)": ("tab:gray", "o", "-"),
               "reference (torch.compile)": ("tab:gray", "s", "--"),
               "accelerated (eager)": ("tab:blue", "o", "-"),
               "accelerated (torch.compile)": ("tab:blue", "s", "--"),

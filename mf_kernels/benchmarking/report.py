@@ -90,14 +90,19 @@ def notes(record: Dict) -> List[str]:
            f"(below 1x is faster); MobileNetV3 rows are against {config['variants'][0]}'s."]
     if parity["gated"]:
         verdict = "PASS" if parity["ok"] else "FAIL"
+        unchecked = [c["id"] for c in parity["checks"] if c["rel_err"] is None]
         out.append(f"Parity {verdict}: the accelerated logits must match the reference within "
-                   f"{parity['tolerance']:g} relative (max |diff| / max |ref|).")
+                   f"{parity['tolerance']:g} relative (max |diff| / max |ref|)"
+                   + (f"; not checked, the row failed: {', '.join(unchecked)}." if unchecked
+                      else "."))
     elif parity.get("note"):
         out.append(f"Parity: {parity['note']}.")
     compiles = [r for r in record["results"] if r.get("compile_s") is not None]
     if compiles:
         out.append("Compile time: " + ", ".join(
-            f"{r['model']} {r['size']} {r['kind']} {r['compile_s']:.0f} s" for r in compiles))
+            f"{r['model']} {r['size']} {r['kind']} {r['compile_s']:.0f} s"
+            + (f" (+{r['failed_compile_attempt_s']:.0f} s failed first attempt)"
+               if r.get("failed_compile_attempt_s") else "") for r in compiles))
     reason = record["compile"].get("pattern_matcher_disabled_because")
     if reason:
         out.append("torch.compile failed with inductor's default passes, so every compiled "
