@@ -73,7 +73,8 @@ def format_markdown_table(record: Dict) -> str:
     headers, rows = _columns(record), table_rows(record)
     out = ["| " + " | ".join(headers) + " |",
            "|" + "|".join("---" if i < 3 else "---:" for i in range(len(headers))) + "|"]
-    out += ["| " + " | ".join(row) + " |" for row in rows]
+    out += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+            for row in rows]  # a "|" in an error message would split the cell
     return "\n".join(out)
 
 
