@@ -1,0 +1,272 @@
+"""Run the rows of a benchmark plan and produce its record (a JSON-ready dict).
+
+Per row: build the model, count params and MAdds on the uncompiled model, warm up (compiling
+when asked), time with :func:`timing.measure`, then check the logits against the variant's
+eager reference. A row that fails is recorded with its error and the run goes on.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gc
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch._dynamo
+import torch.nn.functional as F
+
+import mobileformer
+import mf_kernels
+
+from . import builders, environment
+from .plan import BenchConfig, Row, plan_rows
+from .progress import Progress
+from .timing import cuda_synchronizer, measure
+
+SCHEMA = "mf_kernels.bench/1"
+
+
+class _CompileFallback:
+    """Inductor's attention-fusion pattern (fuse_attention, "sfdp") crashes while compiling
+    the reference Former->Mobile attention in torch 2.14 ("Attempting to broadcast a
+    dimension..."). When a compile fails, we retry with the pattern matcher off and keep it off
+    for the rest of the run, so that every compiled row of the run is built the same way; the
+    record says so. The setting is restored when the run ends."""
+
+    def __init__(self) -> None:
+        import torch._inductor.config as inductor_config
+
+        self.config = inductor_config
+        self.original = inductor_config.pattern_matcher
+        self.reason: Optional[str] = None
+
+    def engage(self, error: BaseException) -> bool:
+        """Turn the pattern matcher off if ``error`` is the backend compiler's own failure
+        (not, say, an op with no kernel) and it is still on; True if the caller may retry."""
+        if self.reason is not None or not isinstance(
+                error, torch._dynamo.exc.BackendCompilerFailed):
+            return False
+        self.reason = f"{type(error).__name__}: {_cause_line(error)}"[:300]
+        self.config.pattern_matcher = False
+        return True
+
+    def restore(self) -> None:
+        self.config.pattern_matcher = self.original
+
+
+def _cause_line(error: BaseException) -> str:
+    """The informative line of an error: for a wrapped compiler error ("backend='inductor'
+    raised:"), the underlying "SomethingError: ..." line rather than the wrapper's."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        head = line.split(":", 1)[0]
+        if head.endswith(("Error", "Exception")) and " " not in head:
+            return line
+    return lines[0] if lines else ""
+
+
+def _mobileformer_counts(model: torch.nn.Module, size: int) -> Tuple[int, int]:
+    return builders.count_params(model), mobileformer.count_madds(model, size)
+
+
+def _build(row: Row, config: BenchConfig):
+    """(model to run, uncompiled model, params, MAdds) for one row."""
+    train = config.mode == "train"
+    weights_dtype = "fp32" if config.autocast else config.dtype
+    common = dict(dtype=weights_dtype, device=config.device,
+                  channels_last=config.channels_last, train=train)
+    if row.is_mobileformer:
+        raw = builders.build_model(row.model, accelerated=row.kind != "reference",
+                                   compiled=False, frozen=row.kind == "frozen", **common)
+        params, madds = _mobileformer_counts(raw, row.size)
+    else:
+        raw = builders.build_mobilenetv3(row.width, **common)
+        params, madds = builders.count_params(raw), builders.count_flop_madds(raw, row.size)
+    model = builders.compile_model(raw) if row.compiled else raw
+    return model, raw, params, madds
+
+
+def _step(model, raw, x: torch.Tensor, config: BenchConfig) -> Callable[[], object]:
+    """One inference call, or one full training step (forward, loss, backward, optimizer)."""
+    if config.mode == "infer":
+        return lambda: model(x)
+    generator = torch.Generator().manual_seed(1)
+    target = torch.randint(0, 1000, (x.shape[0],), generator=generator).to(config.device)
+    optimizer_class = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[config.optimizer]
+    optimizer = optimizer_class(raw.parameters(), lr=1e-3)
+    low = builders.parse_dtype(config.dtype)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(config.device, dtype=low, enabled=config.autocast):
+            loss = F.cross_entropy(model(x), target)
+        loss.backward()
+        optimizer.step()
+        return loss
+    return train_step
+
+
+@contextlib.contextmanager
+def _ieee_fp32(device: str):
+    """TF32 off on CUDA for the parity forward. cuDNN convolutions default to TF32 (10-bit
+    mantissa), whose rounding alone would exceed a 1e-4 check; the timings keep the default."""
+    if device != "cuda":
+        yield
+        return
+    settings = [torch.backends.cudnn.conv, torch.backends.cuda.matmul]
+    previous = [backend.fp32_precision for backend in settings]
+    try:
+        for backend in settings:
+            backend.fp32_precision = "ieee"
+        yield
+    finally:
+        for backend, value in zip(settings, previous):
+            backend.fp32_precision = value
+
+
+def _relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    out, reference = out.detach().double().cpu(), reference.detach().double().cpu()
+    return float((out - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
+
+
+def _run_row(row: Row, config: BenchConfig, fallback: _CompileFallback,
+             references: Dict[str, torch.Tensor], progress: Progress) -> Dict[str, object]:
+    result: Dict[str, object] = {
+        "id": row.id, "model": row.name, "size": row.size, "kind": row.kind,
+        "compiled": row.compiled, "label": row.label, "batch": config.batch,
+        "reference_id": row.reference_id}
+    cuda = config.device == "cuda"
+    model, raw, result["params"], result["madds"] = _build(row, config)
+    input_dtype = "fp32" if config.autocast else config.dtype  # autocast casts inside
+    x = builders.build_input(config.batch, row.size, input_dtype, config.device,
+                             config.channels_last)
+    step = _step(model, raw, x, config)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    timing_options = dict(min_time_s=config.min_time_s, min_repeats=config.min_repeats,
+                          max_repeats=config.max_repeats, warmup=config.warmup,
+                          synchronize=cuda_synchronizer(config.device))
+    with torch.inference_mode(config.mode == "infer"):
+        attempt_start = time.perf_counter()
+        try:
+            timing = measure(step, **timing_options)
+        except Exception as error:
+            if not (row.compiled and fallback.engage(error)):
+                raise
+            result["failed_compile_attempt_s"] = time.perf_counter() - attempt_start
+            timing = measure(step, **timing_options)
+        if config.mode == "infer" and row.is_mobileformer:
+            if row.compiled:  # switching TF32 would recompile: compiled rows are informative
+                logits = model(x)
+            else:
+                with _ieee_fp32(config.device):
+                    logits = model(x)
+            if row.kind == "reference" and not row.compiled:
+                references[row.id] = logits.detach().clone()
+            elif row.reference_id in references:
+                result["rel_err"] = _relative_error(logits, references[row.reference_id])
+                if not row.compiled:  # said at once: no need to wait for the table
+                    progress.note(f"parity: {row.name} {row.size}px {row.label} vs reference: "
+                                  f"rel err {result['rel_err']:.1e} "
+                                  f"(gated at {config.parity_tolerance:g} in fp32)")
+    result.update(timing.summary_ms())
+    if row.compiled:
+        # the first call compiles; less one ordinary call, it is the compile time
+        result["compile_s"] = max(0.0, timing.first_call_s - timing.median_s)
+        result["inductor_pattern_matcher"] = fallback.config.pattern_matcher
+    result["images_per_s"] = config.batch / timing.median_s
+    result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    return result
+
+
+def _check_parity(results: List[Dict[str, object]], config: BenchConfig) -> Dict[str, object]:
+    """The accelerated model must reproduce the reference logits (gated in fp32 and fp64 only:
+    in bf16/fp16 the reference itself rounds differently, so the error is reported, not
+    judged). Compiled rows are reported too, for information."""
+    gated = config.mode == "infer" and config.dtype in ("fp32", "fp64")
+    tolerance = config.parity_tolerance if config.dtype == "fp32" else 1e-9
+    checks = []
+    for result in results:
+        if result["kind"] in ("accelerated", "frozen") and not result["compiled"]:
+            error = result.get("rel_err")
+            ok = None if not gated else (error is not None and error <= tolerance)
+            result["parity_ok"] = ok
+            checks.append({"id": result["id"], "rel_err": error, "ok": ok})
+    return {"tolerance": tolerance, "gated": gated, "checks": checks,
+            "ok": all(c["ok"] is not False for c in checks),
+            "note": None if gated else (
+                "not checked in train mode" if config.mode == "train" else
+                f"reported, not gated, in {config.dtype}")}
+
+
+def _add_ratios(results: List[Dict[str, object]]) -> None:
+    medians = {r["id"]: r.get("median_ms") for r in results}
+    for result in results:
+        reference = medians.get(result["reference_id"])
+        if result.get("median_ms") and reference:
+            result["ratio_to_eager_reference"] = result["median_ms"] / reference
+
+
+def run(config: BenchConfig, command: Optional[List[str]] = None) -> Dict[str, object]:
+    """Run the whole benchmark and return its record (see ``report.write_record``)."""
+    started = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    fallback = _CompileFallback()
+
+    # a run compiles each row's model afresh; the default limit (8) would silently fall back
+    # to eager after a few sizes of --figure5 --compile
+    previous_limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = max(previous_limit, 64)
+    env = environment.describe(config.device, config.threads)
+    rows = plan_rows(config, has_freeze=hasattr(mf_kernels, "freeze"))
+    progress = Progress(len(rows), enabled=config.progress)
+    references: Dict[str, torch.Tensor] = {}
+    results: List[Dict[str, object]] = []
+    try:
+        for row in rows:
+            what = "compiling, then timing" if row.compiled else "timing"
+            progress.show(f"{row.name} {row.size}px {row.label}: {what}")
+            try:
+                results.append(_run_row(row, config, fallback, references, progress))
+            except Exception as error:  # record it and go on: one broken row spoils no run
+                first = _cause_line(error)
+                results.append({"id": row.id, "model": row.name, "size": row.size,
+                                "kind": row.kind, "compiled": row.compiled, "label": row.label,
+                                "batch": config.batch, "reference_id": row.reference_id,
+                                "error": f"{type(error).__name__}: {first}"[:500]})
+            progress.advance(f"{row.name} {row.size}px {row.label}: done")
+            gc.collect()
+            if row.compiled:
+                torch._dynamo.reset()  # drop the graphs of models that will not run again
+    finally:
+        progress.close()
+        fallback.restore()
+        torch._dynamo.config.recompile_limit = previous_limit
+        torch.set_num_threads(previous_threads)
+    _add_ratios(results)
+    parity = _check_parity(results, config)
+    env["load_average_at_end"] = environment.load_average()
+    config_block = {k: (list(v) if isinstance(v, tuple) else v)
+                    for k, v in vars(config).items()}
+    config_block["autocast"] = config.autocast
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": command,
+        "config": config_block,
+        "environment": env,
+        "timing_method": (f"{config.warmup} warm-up call(s) (the first timed apart: it "
+                          "compiles under torch.compile), then "
+                          f"repeats for >= {config.min_time_s:g} s and >= {config.min_repeats}"
+                          " calls; median, quartiles, min and max per row"),
+        "compile": {"pattern_matcher_disabled_because": fallback.reason},
+        "results": results,
+        "parity": parity,
+        "errors": [r["id"] for r in results if "error" in r],
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+__all__ = ["SCHEMA", "run"]
