@@ -296,6 +296,20 @@ void expand(const T* W, int64_t ldw, const T* Z, int64_t ldz, int64_t rows, cons
   }
 }
 
+// The [M, ch] slice of head h of a [B, M, C] token tensor as T, times `mul`.
+template <typename S, typename T>
+inline void gather_tokens(const S* t, const attention::Problem& n, int64_t b, int64_t h, T mul,
+                          T* dst) {
+  for (int64_t m = 0; m < n.M; ++m) {
+    const S* row = t + (b * n.M + m) * n.C + h * n.ch;
+    for (int64_t c = 0; c < n.ch; ++c) dst[m * n.ch + c] = static_cast<T>(row[c]) * mul;
+  }
+}
+
+inline int64_t padded_length(int64_t len) {
+  return (len + attention::kTileQuantum - 1) / attention::kTileQuantum * attention::kTileQuantum;
+}
+
 // ---- Moving tiles between the tensors and the [K, n] accumulation-type buffers ----
 
 // The tile x[c, p0 + t] (c < K, t < len) as a [K, ld] buffer of T. Read in place when it

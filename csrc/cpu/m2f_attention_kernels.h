@@ -13,16 +13,6 @@
 // Size of the per-task forward state: mx[M], l[M], acc[M, ch].
 inline int64_t m2f_state_size(const attention::Problem& n) { return n.M * (n.ch + 2); }
 
-// The head's queries (or any [M, ch] slice of a [B, M, C] tensor) as T, times `mul`.
-template <typename S, typename T>
-inline void gather_tokens(const S* t, const attention::Problem& n, int64_t b, int64_t h, T mul,
-                          T* dst) {
-  for (int64_t m = 0; m < n.M; ++m) {
-    const S* row = t + (b * n.M + m) * n.C + h * n.ch;
-    for (int64_t c = 0; c < n.ch; ++c) dst[m * n.ch + c] = static_cast<T>(row[c]) * mul;
-  }
-}
-
 // Forward (or, with values = false, only the softmax statistics mx and l) of tasks
 // [begin, end); task i writes its state at state + i * m2f_state_size(n).
 template <typename S>
@@ -46,9 +36,7 @@ void m2f_forward_tasks(const attention::Problem& n, const S* x, const S* q,
     std::fill(mx, mx + M, -inf);
     std::fill(l, l + M + M * ch, T(0));
     for (int64_t i = n.chunk_begin(chunk); i < n.chunk_begin(chunk + 1); ++i) {
-      const int64_t p0 = i * n.tile, len = std::min(n.tile, n.P - p0);
-      const int64_t padded = (len + attention::kTileQuantum - 1) / attention::kTileQuantum *
-                             attention::kTileQuantum;
+      const int64_t p0 = i * n.tile, len = std::min(n.tile, n.P - p0), padded = padded_length(len);
       int64_t ldx;
       const T* X = load_tile(xb + p0 * n.sP, n.sC, n.sP, ch, len, padded, xbuf, &ldx);
       rows_times_tile(qs, ch, X, ldx, ch, s, padded, M, padded);
@@ -108,9 +96,7 @@ void m2f_backward_tasks(const attention::Problem& n, const S* x, const S* q, con
     T* dqt = dq + task * M * ch;
     std::fill(dqt, dqt + M * ch, T(0));
     for (int64_t i = n.chunk_begin(chunk); i < n.chunk_begin(chunk + 1); ++i) {
-      const int64_t p0 = i * n.tile, len = std::min(n.tile, n.P - p0);
-      const int64_t padded = (len + attention::kTileQuantum - 1) / attention::kTileQuantum *
-                             attention::kTileQuantum;
+      const int64_t p0 = i * n.tile, len = std::min(n.tile, n.P - p0), padded = padded_length(len);
       int64_t ldx, ldy;
       const T* X = load_tile(xb + p0 * n.sP, n.sC, n.sP, ch, len, padded, xbuf, &ldx);
       rows_times_tile(w, ch, X, ldx, ch, z, padded, 2 * M, padded);
