@@ -49,6 +49,9 @@ struct Problem {
   int64_t ntiles;   // tiles per (b, head)
   int64_t nchunks;  // position chunks per (b, head): a task is one (b, head, chunk)
   double scale;     // s = ch^-1/2
+  // s * log2(e): scores computed with it are in base 2, so the softmaxes need only exp2
+  // (a cheaper range reduction than exp's).
+  double logit_scale;
 
   int64_t tasks() const { return B * heads * nchunks; }
   // Tiles [first, last) of chunk `chunk`: an even split of the tiles.
@@ -107,6 +110,7 @@ inline Problem make_problem(const at::Tensor& xc, int64_t M, int64_t heads) {
   n.ntiles = (n.P + n.tile - 1) / n.tile;
   n.nchunks = chunk_count(n.B * heads, n.ntiles);
   n.scale = 1.0 / std::sqrt(static_cast<double>(n.ch));
+  n.logit_scale = n.scale * 1.4426950408889634;
   return n;
 }
 

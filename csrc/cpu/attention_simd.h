@@ -54,33 +54,32 @@ inline V vmax(V a, V b) {
   return a > b ? a : b;
 }
 
-// exp for softmax arguments (x - max <= 0): Cephes' expf, range-reduced by n = round(x/ln 2),
-// a degree-6 polynomial on |r| <= ln2/2, and 2^n built in the exponent bits; about 1 ulp.
-// Arguments below -87 give 0 (exp(-inf) = 0, as the padding of partial tiles needs); NaN
-// propagates.
-inline Vec<float> vexp(Vec<float> x) {
+// 2^x for base-2 softmax arguments (x - max <= 0): n = round(x), r = x - n in [-1/2, 1/2], a
+// degree-6 fit of 2^r (relative error 1e-7 in fp32 evaluation, about 1 ulp), 2^n built in the
+// exponent bits. Clamping x to [-127, 0] keeps n >= -127, and n = -127 builds 2^n = +0.0:
+// arguments below -126.5 give exactly 0, -inf included (the padding of partial tiles relies on
+// it), without a select. NaN propagates (the clamps keep a NaN operand).
+inline Vec<float> vexp2(Vec<float> x) {
   using V = Vec<float>;
   using IV = VecOf<float>::itype;
-  const V lo = vset(-87.0f), hi = vset(88.0f), magic = vset(12582912.0f);  // 1.5 * 2^23
+  const V lo = vset(-127.0f), hi = vset(0.0f), magic = vset(12582912.0f);  // 1.5 * 2^23
   V xc = x < lo ? lo : x;
   xc = xc > hi ? hi : xc;
-  const V n = (xc * vset(1.44269504088896341f) + magic) - magic;  // round to nearest
-  V r = xc - n * vset(0.693359375f);
-  r = r - n * vset(-2.12194440e-4f);
-  V p = vset(1.9875691500e-4f);
-  p = p * r + vset(1.3981999507e-3f);
-  p = p * r + vset(8.3334519073e-3f);
-  p = p * r + vset(4.1665795894e-2f);
-  p = p * r + vset(1.6666665459e-1f);
-  p = p * r + vset(5.0000001201e-1f);
-  p = p * (r * r) + r + vset(1.0f);
+  const V n = (xc + magic) - magic;  // round to nearest
+  const V r = xc - n;
+  V p = vset(1.5346160216722637e-4f);
+  p = p * r + vset(1.3400075258687139e-3f);
+  p = p * r + vset(9.618489071726799e-3f);
+  p = p * r + vset(5.550328269600868e-2f);
+  p = p * r + vset(0.24022646248340607f);
+  p = p * r + vset(0.6931471824645996f);
+  p = p * r + vset(1.0f);
   const IV bits = (__builtin_convertvector(n, IV) + 127) << 23;
-  const V result = p * (V)bits;  // (V) reinterprets the bits
-  return x < lo ? vset(0.0f) : result;
+  return p * (V)bits;  // (V) reinterprets the bits
 }
-// fp64 is the testing and gradcheck precision: the library exp is accurate and fast enough.
-inline Vec<double> vexp(Vec<double> x) {
-  for (int64_t i = 0; i < lanes<double>(); ++i) x[i] = std::exp(x[i]);
+// fp64 is the testing and gradcheck precision: the library exp2 is accurate and fast enough.
+inline Vec<double> vexp2(Vec<double> x) {
+  for (int64_t i = 0; i < lanes<double>(); ++i) x[i] = std::exp2(x[i]);
   return x;
 }
 
@@ -95,17 +94,17 @@ inline T row_max(const T* s, int64_t n) {
   return r;
 }
 
-// s = exp(s - shift) * mul in place; returns the sum of exp(s - shift).
-template <typename T>
-inline T exp_row(T* s, int64_t n, T shift, T mul) {
+// s = 2^(s - shift) (times mul when kScale) in place; returns the sum of 2^(s - shift).
+template <bool kScale, typename T>
+inline T exp2_row(T* s, int64_t n, T shift, T mul) {
   const Vec<T> sh = vset(shift), mu = vset(mul);
   Vec<T> acc0{}, acc1{};
   for (int64_t t = 0; t < n; t += 2 * lanes<T>()) {
-    const Vec<T> e0 = vexp(vload(s + t) - sh), e1 = vexp(vload(s + t + lanes<T>()) - sh);
+    const Vec<T> e0 = vexp2(vload(s + t) - sh), e1 = vexp2(vload(s + t + lanes<T>()) - sh);
     acc0 += e0;
     acc1 += e1;
-    vstore(s + t, e0 * mu);
-    vstore(s + t + lanes<T>(), e1 * mu);
+    vstore(s + t, kScale ? e0 * mu : e0);
+    vstore(s + t + lanes<T>(), kScale ? e1 * mu : e1);
   }
   return hsum(acc0 + acc1);
 }
@@ -119,7 +118,7 @@ inline void softmax_backward_row(const T* a, T* d, int64_t n, T delta) {
 
 // ---- Column softmax pieces (f2m: softmax over the M tokens, for every position) ----
 
-// S[r*lds + t], r < rows: softmax over r for every t, in place.
+// S[r*lds + t], r < rows: softmax over r for every t, in place (S in base 2).
 template <typename T>
 inline void col_softmax(T* S, int64_t lds, int64_t rows, int64_t n) {
   for (int64_t t = 0; t < n; t += lanes<T>()) {
@@ -127,7 +126,7 @@ inline void col_softmax(T* S, int64_t lds, int64_t rows, int64_t n) {
     for (int64_t r = 1; r < rows; ++r) m = vmax(m, vload(S + r * lds + t));
     Vec<T> sum{};
     for (int64_t r = 0; r < rows; ++r) {
-      const Vec<T> e = vexp(vload(S + r * lds + t) - m);
+      const Vec<T> e = vexp2(vload(S + r * lds + t) - m);
       sum += e;
       vstore(S + r * lds + t, e);
     }

@@ -1,9 +1,10 @@
 // Inner kernels of f2m_attention, compiled once per instruction set (no include guard, no
 // includes: see attention_common.h). A task is one (batch b, head h, chunk of position
 // tiles); per tile, with X the [ch, tile] slice of x, dY that of grad_y, K the head's keys
-// pre-scaled by s and V its values (both [M, ch]):
+// pre-scaled by s (by s log2(e), as K2, where they make scores: the softmax runs in base 2,
+// see Problem::logit_scale) and V its values (both [M, ch]):
 //
-//   forward:  A = softmax over the M rows of (K X);  Y = X + V^T A
+//   forward:  A = softmax over the M rows of (K2 X);  Y = X + V^T A
 //   backward: A as above;  dA = V dY;  dS = A (dA - sum_m A dA)  (column by column)
 //             grad_x = dY + K^T dS;  grad_k += dS X^T (times s at the end);  grad_v += A dY^T
 //
@@ -26,7 +27,7 @@ void f2m_forward_tasks(const attention::Problem& n, const S* x, const S* k, cons
     const int64_t bh = task / n.nchunks, chunk = task % n.nchunks;
     const int64_t b = bh / n.heads, h = bh % n.heads;
     if (bh != loaded) {
-      gather_tokens(k, n, b, h, static_cast<T>(n.scale), ks);
+      gather_tokens(k, n, b, h, static_cast<T>(n.logit_scale), ks);
       gather_tokens(v, n, b, h, T(1), vs);
       loaded = bh;
     }
@@ -53,9 +54,10 @@ void f2m_backward_tasks(const attention::Problem& n, const S* gy, const S* x, co
                         int64_t begin, int64_t end) {
   using T = at::opmath_type<S>;
   const int64_t M = n.M, ch = n.ch;
-  std::vector<T> buffer(2 * M * ch + 3 * ch * n.tile + 2 * M * n.tile);
-  T* ks = buffer.data();
-  T* vs = ks + M * ch;
+  std::vector<T> buffer(3 * M * ch + 3 * ch * n.tile + 2 * M * n.tile);
+  T* ks = buffer.data();   // s k, for grad_x
+  T* ks2 = ks + M * ch;    // s log2(e) k, for the scores
+  T* vs = ks2 + M * ch;
   T* xbuf = vs + M * ch;
   T* gbuf = xbuf + ch * n.tile;
   T* ybuf = gbuf + ch * n.tile;
@@ -65,6 +67,7 @@ void f2m_backward_tasks(const attention::Problem& n, const S* gy, const S* x, co
     const int64_t bh = task / n.nchunks, chunk = task % n.nchunks;
     const int64_t b = bh / n.heads, h = bh % n.heads;
     gather_tokens(k, n, b, h, static_cast<T>(n.scale), ks);
+    gather_tokens(k, n, b, h, static_cast<T>(n.logit_scale), ks2);
     gather_tokens(v, n, b, h, T(1), vs);
     T* dkt = dk + task * M * ch;
     T* dvt = dv + task * M * ch;
@@ -78,7 +81,7 @@ void f2m_backward_tasks(const attention::Problem& n, const S* gy, const S* x, co
       // Padded columns: X = dY = 0 there, so dA = dS = 0 and nothing reaches grad_k, grad_v.
       const T* X = load_tile(x + at, n.sC, n.sP, ch, len, padded, xbuf, &ldx);
       const T* G = load_tile(gy + at, n.sC, n.sP, ch, len, padded, gbuf, &ldg);
-      rows_times_tile(ks, ch, X, ldx, ch, a, padded, M, padded);
+      rows_times_tile(ks2, ch, X, ldx, ch, a, padded, M, padded);
       col_softmax(a, padded, M, padded);
       rows_times_tile(vs, ch, G, ldg, ch, d, padded, M, padded);
       col_softmax_backward(a, d, padded, M, padded);

@@ -50,7 +50,7 @@ void check_inputs(const at::Tensor& x, const at::Tensor& q, int64_t heads) {
 }
 
 // Merges the chunks of each (b, head): with the overall max mx*, the chunk weights are
-// exp(mx_i - mx*); the sum l and the output accumulator combine with these weights. Writes
+// 2^(mx_i - mx*) (the maxima are in base 2); the sum l and the output accumulator combine with these weights. Writes
 // the final max and sum (for the backward) to stats, and out = acc / l when out is given.
 template <typename S, typename T>
 void merge_chunks(const Problem& n, const T* state, T* stats, S* out) {
@@ -66,7 +66,7 @@ void merge_chunks(const Problem& n, const T* state, T* stats, S* out) {
         std::fill(acc.begin(), acc.end(), T(0));
         for (int64_t i = 0; i < n.nchunks; ++i) {
           const T* st = state + (bh * n.nchunks + i) * size;
-          const T wgt = n.nchunks == 1 ? T(1) : std::exp(st[m] - mx);
+          const T wgt = n.nchunks == 1 ? T(1) : std::exp2(st[m] - mx);
           l += wgt * st[M + m];
           if (out != nullptr) {
             for (int64_t c = 0; c < ch; ++c) acc[c] += wgt * st[2 * M + m * ch + c];

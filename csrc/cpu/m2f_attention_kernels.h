@@ -1,11 +1,12 @@
 // Inner kernels of m2f_attention, compiled once per instruction set (no include guard, no
 // includes: see attention_common.h). They work on one task at a time, a task being one
 // (batch b, head h, chunk of position tiles); per tile of positions, with X the [ch, tile]
-// slice of x and Q the head's [M, ch] queries pre-scaled by s:
+// slice of x and Q the head's [M, ch] queries pre-scaled by s (by s log2(e) where they make
+// scores: the softmaxes run in base 2, see Problem::logit_scale):
 //
 //   forward:  S = Q X; online softmax over the positions (running max mx and sum l per
-//             token, rescaling the running output when the max grows); acc += exp(S - mx) X^T
-//   backward: [S; dA] = [Q; dO] X; A = exp(S - mx) / l with the final mx, l of the forward;
+//             token, rescaling the running output when the max grows); acc += 2^(S - mx) X^T
+//   backward: [S; dA] = [Q; dO] X; A = 2^(S - mx) / l with the final mx, l of the forward;
 //             dS = A (dA - delta); dQ += dS X^T; dX = [dO; Q]^T [A; dS]  (= dO^T A + s Q^T dS)
 //
 // so x is read once per pass and nothing of size M x P is ever stored.
@@ -29,7 +30,7 @@ void m2f_forward_tasks(const attention::Problem& n, const S* x, const S* q,
     const int64_t bh = task / n.nchunks, chunk = task % n.nchunks;
     const int64_t b = bh / n.heads, h = bh % n.heads;
     const S* xb = x + b * n.sB + h * ch * n.sC;
-    gather_tokens(q, n, b, h, static_cast<T>(n.scale), qs);
+    gather_tokens(q, n, b, h, static_cast<T>(n.logit_scale), qs);
     T* mx = state + task * m2f_state_size(n);
     T* l = mx + M;
     T* acc = l + M;
@@ -42,11 +43,11 @@ void m2f_forward_tasks(const attention::Problem& n, const S* x, const S* q,
       rows_times_tile(qs, ch, X, ldx, ch, s, padded, M, padded);
       for (int64_t m = 0; m < M; ++m) {
         T* row = s + m * padded;
-        std::fill(row + len, row + padded, -inf);  // padding: exp gives 0
+        std::fill(row + len, row + padded, -inf);  // padding: 2^-inf = 0
         const T new_max = std::max(mx[m], row_max(row, padded));
-        // exp(-inf) = 0 on the first tile; a max that does not grow leaves alpha = 1.
-        const T alpha = std::exp(mx[m] - new_max);
-        const T sum = exp_row(row, padded, new_max, T(1));
+        // 2^-inf = 0 on the first tile; a max that does not grow leaves alpha = 1.
+        const T alpha = std::exp2(mx[m] - new_max);
+        const T sum = exp2_row<false>(row, padded, new_max, T(1));
         l[m] = l[m] * alpha + sum;
         if (values && alpha != T(1)) {
           for (int64_t c = 0; c < ch; ++c) acc[m * ch + c] *= alpha;
@@ -80,10 +81,10 @@ void m2f_backward_tasks(const attention::Problem& n, const S* x, const S* q, con
     const int64_t b = bh / n.heads, h = bh % n.heads;
     const S* xb = x + b * n.sB + h * ch * n.sC;
     S* gxb = gx + b * n.sB + h * ch * n.sC;
-    gather_tokens(q, n, b, h, static_cast<T>(n.scale), w);
+    gather_tokens(q, n, b, h, static_cast<T>(n.logit_scale), w);
     gather_tokens(gout, n, b, h, T(1), w + M * ch);
     std::copy(w + M * ch, w + 2 * M * ch, w2);
-    std::copy(w, w + M * ch, w2 + M * ch);
+    gather_tokens(q, n, b, h, static_cast<T>(n.scale), w2 + M * ch);
     // delta[m] = sum_c dO[m, c] O[m, c]: the row sums of A * dA, from the forward output.
     for (int64_t m = 0; m < M; ++m) {
       const S* o = out + (b * M + m) * n.C + h * ch;
@@ -103,7 +104,7 @@ void m2f_backward_tasks(const attention::Problem& n, const S* x, const S* q, con
       for (int64_t m = 0; m < M; ++m) {
         T* a = z + m * padded;
         std::fill(a + len, a + padded, -inf);  // padding: A = 0, hence dS = 0
-        exp_row(a, padded, mx[m], T(1) / l[m]);
+        exp2_row<true>(a, padded, mx[m], T(1) / l[m]);
         softmax_backward_row(a, z + (M + m) * padded, padded, delta[m]);
       }
       tile_dots(z + M * padded, padded, X, ldx, ch, dqt, ch, M, padded);
