@@ -42,12 +42,30 @@ template <typename T>
 inline Vec<T> vset(T s) {
   return Vec<T>{} + s;
 }
+// Horizontal sum by folding halves (lo + hi, recursively): a few shuffles and adds on
+// registers, where a loop over the lanes makes the compiler spill the vector and add the
+// lanes one by one (a long dependency chain, once per dot product per tile).
+template <typename T, int Bytes>
+struct HSum {
+  typedef T V __attribute__((vector_size(Bytes)));
+  typedef T H __attribute__((vector_size(Bytes / 2)));
+  static inline T run(V v) {
+    H lo, hi;
+    __builtin_memcpy(&lo, &v, Bytes / 2);
+    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + Bytes / 2, Bytes / 2);
+    return HSum<T, Bytes / 2>::run(lo + hi);
+  }
+};
+template <typename T>
+struct HSum<T, 2 * sizeof(T)> {
+  typedef T V __attribute__((vector_size(2 * sizeof(T))));
+  static inline T run(V v) { return v[0] + v[1]; }
+};
 // (V is a deduced vector type: Vec<T> itself is not deducible.)
 template <typename V>
 inline auto hsum(V v) {
-  decltype(v[0] + 0) s = 0;
-  for (size_t i = 0; i < sizeof(V) / sizeof(s); ++i) s += v[i];
-  return s;
+  typedef decltype(v[0] + 0) T;
+  return HSum<T, sizeof(V)>::run(v);
 }
 template <typename V>
 inline V vmax(V a, V b) {
