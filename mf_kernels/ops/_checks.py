@@ -75,3 +75,23 @@ def check_dynamic_relu(x: Tensor, slope: Tensor, intercept: Optional[Tensor]) ->
         if intercept.shape != slope.shape:
             raise ValueError(f"intercept: expected the shape of slope {tuple(slope.shape)}, got "
                              f"{tuple(intercept.shape)}")
+
+
+def check_attention_map(x: Tensor, heads: int) -> None:
+    """The feature map x [B, C, H, W] and the head count of either attention op."""
+    check_rank(x, "x", 4, "[B, C, H, W]")
+    check_float(x, "x")
+    check_heads(heads, x.shape[1], "x")
+
+
+def check_m2f_attention(x: Tensor, q: Tensor, heads: int) -> None:
+    check_attention_map(x, heads)
+    check_tokens(x, q, "q")
+
+
+def check_f2m_attention(x: Tensor, k: Tensor, v: Tensor, heads: int) -> None:
+    check_attention_map(x, heads)
+    check_tokens(x, k, "k")
+    check_tokens(x, v, "v")
+    if v.shape != k.shape:
+        raise ValueError(f"v: expected the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")

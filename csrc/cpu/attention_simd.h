@@ -1,0 +1,382 @@
+// SIMD building blocks of the CPU attention kernels, compiled once per instruction set.
+//
+// NO include guard and NO includes: a kernel .cpp includes this inside a namespace per
+// instruction set, with MF_VEC_BYTES set (16: SSE2/NEON, 32: AVX2), after all library headers
+// (see attention_common.h). Vectors are GCC/Clang vector extensions, so the same source is
+// 4-wide under the baseline and 8-wide under `#pragma GCC target("avx2,fma")`, where the
+// compiler contracts a*b+c into FMAs.
+//
+// T is the accumulation type (float, or double for fp64 inputs). Every length n handed to
+// the vector routines is a multiple of kTileQuantum positions, which is a multiple of two
+// vectors for every T here, so there are no tail loops.
+
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(MF_VEC_BYTES)));
+  typedef int32_t itype __attribute__((vector_size(MF_VEC_BYTES)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(MF_VEC_BYTES)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+template <typename T>
+constexpr int64_t lanes() {
+  return MF_VEC_BYTES / sizeof(T);
+}
+
+template <typename T>
+inline Vec<T> vload(const T* p) {
+  Vec<T> v;
+  __builtin_memcpy(&v, p, sizeof(v));  // an unaligned load
+  return v;
+}
+template <typename T>
+inline void vstore(T* p, Vec<T> v) {
+  __builtin_memcpy(p, &v, sizeof(v));
+}
+template <typename T>
+inline Vec<T> vset(T s) {
+  return Vec<T>{} + s;
+}
+// Horizontal sum by folding halves (lo + hi, recursively): a few shuffles and adds on
+// registers, where a loop over the lanes makes the compiler spill the vector and add the
+// lanes one by one (a long dependency chain, once per dot product per tile).
+template <typename T, int Bytes>
+struct HSum {
+  typedef T V __attribute__((vector_size(Bytes)));
+  typedef T H __attribute__((vector_size(Bytes / 2)));
+  static inline T run(V v) {
+    H lo, hi;
+    __builtin_memcpy(&lo, &v, Bytes / 2);
+    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + Bytes / 2, Bytes / 2);
+    return HSum<T, Bytes / 2>::run(lo + hi);
+  }
+};
+template <typename T>
+struct HSum<T, 2 * sizeof(T)> {
+  typedef T V __attribute__((vector_size(2 * sizeof(T))));
+  static inline T run(V v) { return v[0] + v[1]; }
+};
+// (V is a deduced vector type: Vec<T> itself is not deducible.)
+template <typename V>
+inline auto hsum(V v) {
+  typedef decltype(v[0] + 0) T;
+  return HSum<T, sizeof(V)>::run(v);
+}
+template <typename V>
+inline V vmax(V a, V b) {
+  return a > b ? a : b;
+}
+
+// 2^x for base-2 softmax arguments (x - max <= 0): n = round(x), r = x - n in [-1/2, 1/2], a
+// degree-6 fit of 2^r (relative error 1e-7 in fp32 evaluation, about 1 ulp), 2^n built in the
+// exponent bits. Clamping x to [-127, 0] keeps n >= -127, and n = -127 builds 2^n = +0.0:
+// arguments below -126.5 give exactly 0, -inf included (the padding of partial tiles relies on
+// it), without a select. NaN propagates (the clamps keep a NaN operand).
+inline Vec<float> vexp2(Vec<float> x) {
+  using V = Vec<float>;
+  using IV = VecOf<float>::itype;
+  const V lo = vset(-127.0f), hi = vset(0.0f), magic = vset(12582912.0f);  // 1.5 * 2^23
+  V xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  const V n = (xc + magic) - magic;  // round to nearest
+  const V r = xc - n;
+  V p = vset(1.5346160216722637e-4f);
+  p = p * r + vset(1.3400075258687139e-3f);
+  p = p * r + vset(9.618489071726799e-3f);
+  p = p * r + vset(5.550328269600868e-2f);
+  p = p * r + vset(0.24022646248340607f);
+  p = p * r + vset(0.6931471824645996f);
+  p = p * r + vset(1.0f);
+  const IV bits = (__builtin_convertvector(n, IV) + 127) << 23;
+  return p * (V)bits;  // (V) reinterprets the bits
+}
+// fp64 is the testing and gradcheck precision: the library exp2 is accurate and fast enough.
+inline Vec<double> vexp2(Vec<double> x) {
+  for (int64_t i = 0; i < lanes<double>(); ++i) x[i] = std::exp2(x[i]);
+  return x;
+}
+
+// ---- Row softmax pieces (m2f: softmax over the positions of one token's row) ----
+
+template <typename T>
+inline T row_max(const T* s, int64_t n) {
+  Vec<T> m = vset(-std::numeric_limits<T>::infinity());
+  for (int64_t t = 0; t < n; t += lanes<T>()) m = vmax(m, vload(s + t));
+  T r = m[0];
+  for (int64_t i = 1; i < lanes<T>(); ++i) r = std::max(r, m[i]);
+  return r;
+}
+
+// s = 2^(s - shift) (times mul when kScale) in place; returns the sum of 2^(s - shift).
+template <bool kScale, typename T>
+inline T exp2_row(T* s, int64_t n, T shift, T mul) {
+  const Vec<T> sh = vset(shift), mu = vset(mul);
+  Vec<T> acc0{}, acc1{};
+  for (int64_t t = 0; t < n; t += 2 * lanes<T>()) {
+    const Vec<T> e0 = vexp2(vload(s + t) - sh), e1 = vexp2(vload(s + t + lanes<T>()) - sh);
+    acc0 += e0;
+    acc1 += e1;
+    vstore(s + t, kScale ? e0 * mu : e0);
+    vstore(s + t + lanes<T>(), kScale ? e1 * mu : e1);
+  }
+  return hsum(acc0 + acc1);
+}
+
+// Softmax backward along a row: d = a * (d - delta), in place in d.
+template <typename T>
+inline void softmax_backward_row(const T* a, T* d, int64_t n, T delta) {
+  const Vec<T> dv = vset(delta);
+  for (int64_t t = 0; t < n; t += lanes<T>()) vstore(d + t, vload(a + t) * (vload(d + t) - dv));
+}
+
+// ---- Column softmax pieces (f2m: softmax over the M tokens, for every position) ----
+
+// S[r*lds + t], r < rows: softmax over r for every t, in place (S in base 2).
+template <typename T>
+inline void col_softmax(T* S, int64_t lds, int64_t rows, int64_t n) {
+  for (int64_t t = 0; t < n; t += lanes<T>()) {
+    Vec<T> m = vload(S + t);
+    for (int64_t r = 1; r < rows; ++r) m = vmax(m, vload(S + r * lds + t));
+    Vec<T> sum{};
+    for (int64_t r = 0; r < rows; ++r) {
+      const Vec<T> e = vexp2(vload(S + r * lds + t) - m);
+      sum += e;
+      vstore(S + r * lds + t, e);
+    }
+    const Vec<T> inv = vset(T(1)) / sum;
+    for (int64_t r = 0; r < rows; ++r) vstore(S + r * lds + t, vload(S + r * lds + t) * inv);
+  }
+}
+
+// Softmax backward over columns: D = A * (D - sum_r A*D), in place in D.
+template <typename T>
+inline void col_softmax_backward(const T* A, T* D, int64_t ld, int64_t rows, int64_t n) {
+  for (int64_t t = 0; t < n; t += lanes<T>()) {
+    Vec<T> dot{};
+    for (int64_t r = 0; r < rows; ++r) dot += vload(A + r * ld + t) * vload(D + r * ld + t);
+    for (int64_t r = 0; r < rows; ++r) {
+      vstore(D + r * ld + t, vload(A + r * ld + t) * (vload(D + r * ld + t) - dot));
+    }
+  }
+}
+
+// ---- The three small matrix products everything is made of ----
+
+// S[r][t] = sum_k W[r][k] * X[k][t] for a block of R rows: the rows of W broadcast, two
+// vectors of positions per step, 2R accumulators in registers.
+template <int R, typename T>
+inline void rows_times_tile_block(const T* W, int64_t ldw, const T* X, int64_t ldx, int64_t K,
+                                  T* S, int64_t lds, int64_t n) {
+  constexpr int64_t L = lanes<T>();
+  for (int64_t t = 0; t < n; t += 2 * L) {
+    Vec<T> a0[R], a1[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) a0[r] = a1[r] = Vec<T>{};
+    const T* xp = X + t;
+    for (int64_t k = 0; k < K; ++k, xp += ldx) {
+      const Vec<T> x0 = vload(xp), x1 = vload(xp + L);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const Vec<T> w = vset(W[r * ldw + k]);
+        a0[r] += w * x0;
+        a1[r] += w * x1;
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      vstore(S + r * lds + t, a0[r]);
+      vstore(S + r * lds + t + L, a1[r]);
+    }
+  }
+}
+
+// S[rows, n] = W[rows, K] @ X[K, n] (row strides ldw, ldx, lds).
+template <typename T>
+void rows_times_tile(const T* W, int64_t ldw, const T* X, int64_t ldx, int64_t K, T* S,
+                     int64_t lds, int64_t rows, int64_t n) {
+  int64_t r = 0;
+  for (; r + 6 <= rows; r += 6) rows_times_tile_block<6>(W + r * ldw, ldw, X, ldx, K, S + r * lds, lds, n);
+  W += r * ldw;
+  S += r * lds;
+  switch (rows - r) {
+    case 5: rows_times_tile_block<5>(W, ldw, X, ldx, K, S, lds, n); break;
+    case 4: rows_times_tile_block<4>(W, ldw, X, ldx, K, S, lds, n); break;
+    case 3: rows_times_tile_block<3>(W, ldw, X, ldx, K, S, lds, n); break;
+    case 2: rows_times_tile_block<2>(W, ldw, X, ldx, K, S, lds, n); break;
+    case 1: rows_times_tile_block<1>(W, ldw, X, ldx, K, S, lds, n); break;
+    default: break;
+  }
+}
+
+// Acc[r][k] += sum_t Z[r][t] * X[k][t] for R rows of Z and KB rows of X: R*KB dot products
+// along t kept as vectors, summed horizontally once per tile.
+template <int R, int KB, typename T>
+inline void tile_dots_block(const T* Z, int64_t ldz, const T* X, int64_t ldx, T* Acc, int64_t lda,
+                            int64_t n) {
+  Vec<T> a[R][KB];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int k = 0; k < KB; ++k) a[r][k] = Vec<T>{};
+  for (int64_t t = 0; t < n; t += lanes<T>()) {
+    Vec<T> x[KB];
+#pragma GCC unroll 4
+    for (int k = 0; k < KB; ++k) x[k] = vload(X + k * ldx + t);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const Vec<T> z = vload(Z + r * ldz + t);
+#pragma GCC unroll 4
+      for (int k = 0; k < KB; ++k) a[r][k] += z * x[k];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int k = 0; k < KB; ++k) Acc[r * lda + k] += hsum(a[r][k]);
+}
+
+template <int R, typename T>
+inline void tile_dots_rows(const T* Z, int64_t ldz, const T* X, int64_t ldx, int64_t K, T* Acc,
+                           int64_t lda, int64_t n) {
+  int64_t k = 0;
+  for (; k + 3 <= K; k += 3) tile_dots_block<R, 3>(Z, ldz, X + k * ldx, ldx, Acc + k, lda, n);
+  if (K - k == 2) tile_dots_block<R, 2>(Z, ldz, X + k * ldx, ldx, Acc + k, lda, n);
+  if (K - k == 1) tile_dots_block<R, 1>(Z, ldz, X + k * ldx, ldx, Acc + k, lda, n);
+}
+
+// Acc[rows, K] += Z[rows, n] @ X[K, n]^T.
+template <typename T>
+void tile_dots(const T* Z, int64_t ldz, const T* X, int64_t ldx, int64_t K, T* Acc, int64_t lda,
+               int64_t rows, int64_t n) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) tile_dots_rows<4>(Z + r * ldz, ldz, X, ldx, K, Acc + r * lda, lda, n);
+  Z += r * ldz;
+  Acc += r * lda;
+  switch (rows - r) {
+    case 3: tile_dots_rows<3>(Z, ldz, X, ldx, K, Acc, lda, n); break;
+    case 2: tile_dots_rows<2>(Z, ldz, X, ldx, K, Acc, lda, n); break;
+    case 1: tile_dots_rows<1>(Z, ldz, X, ldx, K, Acc, lda, n); break;
+    default: break;
+  }
+}
+
+// Y[k][t] = I[k][t] + sum_r W[r][k] * Z[r][t] for KB rows of Y (I may be null: zero).
+template <int KB, typename T>
+inline void expand_block(const T* W, int64_t ldw, const T* Z, int64_t ldz, int64_t rows,
+                         const T* I, int64_t ldi, T* Y, int64_t ldy, int64_t n) {
+  constexpr int64_t L = lanes<T>();
+  for (int64_t t = 0; t < n; t += 2 * L) {
+    Vec<T> a0[KB], a1[KB];
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k) {
+      a0[k] = I ? vload(I + k * ldi + t) : Vec<T>{};
+      a1[k] = I ? vload(I + k * ldi + t + L) : Vec<T>{};
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const Vec<T> z0 = vload(Z + r * ldz + t), z1 = vload(Z + r * ldz + t + L);
+#pragma GCC unroll 8
+      for (int k = 0; k < KB; ++k) {
+        const Vec<T> w = vset(W[r * ldw + k]);
+        a0[k] += w * z0;
+        a1[k] += w * z1;
+      }
+    }
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k) {
+      vstore(Y + k * ldy + t, a0[k]);
+      vstore(Y + k * ldy + t + L, a1[k]);
+    }
+  }
+}
+
+// Y[K, n] = I[K, n] + W[rows, K]^T @ Z[rows, n] (I may be null).
+template <typename T>
+void expand(const T* W, int64_t ldw, const T* Z, int64_t ldz, int64_t rows, const T* I,
+            int64_t ldi, T* Y, int64_t ldy, int64_t K, int64_t n) {
+  int64_t k = 0;
+  for (; k + 6 <= K; k += 6) {
+    expand_block<6>(W + k, ldw, Z, ldz, rows, I ? I + k * ldi : I, ldi, Y + k * ldy, ldy, n);
+  }
+  W += k;
+  Y += k * ldy;
+  if (I) I += k * ldi;
+  switch (K - k) {
+    case 5: expand_block<5>(W, ldw, Z, ldz, rows, I, ldi, Y, ldy, n); break;
+    case 4: expand_block<4>(W, ldw, Z, ldz, rows, I, ldi, Y, ldy, n); break;
+    case 3: expand_block<3>(W, ldw, Z, ldz, rows, I, ldi, Y, ldy, n); break;
+    case 2: expand_block<2>(W, ldw, Z, ldz, rows, I, ldi, Y, ldy, n); break;
+    case 1: expand_block<1>(W, ldw, Z, ldz, rows, I, ldi, Y, ldy, n); break;
+    default: break;
+  }
+}
+
+// The [M, ch] slice of head h of a [B, M, C] token tensor as T, times `mul`.
+template <typename S, typename T>
+inline void gather_tokens(const S* t, const attention::Problem& n, int64_t b, int64_t h, T mul,
+                          T* dst) {
+  for (int64_t m = 0; m < n.M; ++m) {
+    const S* row = t + (b * n.M + m) * n.C + h * n.ch;
+    for (int64_t c = 0; c < n.ch; ++c) dst[m * n.ch + c] = static_cast<T>(row[c]) * mul;
+  }
+}
+
+inline int64_t padded_length(int64_t len) {
+  return (len + attention::kTileQuantum - 1) / attention::kTileQuantum * attention::kTileQuantum;
+}
+
+// ---- Moving tiles between the tensors and the [K, n] accumulation-type buffers ----
+
+// The tile x[c, p0 + t] (c < K, t < len) as a [K, ld] buffer of T. Read in place when it
+// already is one (T inputs, positions unit-stride, a full tile); otherwise copied into `buf`
+// (converted, transposed for channels_last, zero-padded up to `padded`).
+template <typename S, typename T>
+inline const T* load_tile(const S* x, int64_t sC, int64_t sP, int64_t K, int64_t len,
+                          int64_t padded, T* buf, int64_t* ld) {
+  if (std::is_same<S, T>::value && sP == 1 && len == padded) {
+    *ld = sC;
+    return reinterpret_cast<const T*>(x);
+  }
+  *ld = padded;
+  if (sP == 1) {
+    for (int64_t c = 0; c < K; ++c) {
+      for (int64_t t = 0; t < len; ++t) buf[c * padded + t] = static_cast<T>(x[c * sC + t]);
+    }
+  } else {  // channels_last: rows of channels, transposed into rows of positions
+    for (int64_t t = 0; t < len; ++t) {
+      for (int64_t c = 0; c < K; ++c) buf[c * padded + t] = static_cast<T>(x[t * sP + c * sC]);
+    }
+  }
+  if (len < padded) {
+    for (int64_t c = 0; c < K; ++c) std::fill(buf + c * padded + len, buf + (c + 1) * padded, T(0));
+  }
+  return buf;
+}
+
+// Where a [K, n] result tile goes: straight into y when it has that layout, else `buf`
+// (then store_tile copies it out).
+template <typename S, typename T>
+inline T* tile_target(S* y, int64_t sC, int64_t sP, int64_t len, int64_t padded, T* buf,
+                      int64_t* ld) {
+  if (std::is_same<S, T>::value && sP == 1 && len == padded) {
+    *ld = sC;
+    return reinterpret_cast<T*>(y);
+  }
+  *ld = padded;
+  return buf;
+}
+
+template <typename S, typename T>
+inline void store_tile(const T* buf, int64_t ld, S* y, int64_t sC, int64_t sP, int64_t K,
+                       int64_t len) {
+  if (reinterpret_cast<const void*>(buf) == reinterpret_cast<const void*>(y)) return;
+  if (sP == 1) {
+    for (int64_t c = 0; c < K; ++c)
+      for (int64_t t = 0; t < len; ++t) y[c * sC + t] = static_cast<S>(buf[c * ld + t]);
+  } else {
+    for (int64_t t = 0; t < len; ++t)
+      for (int64_t c = 0; c < K; ++c) y[t * sP + c * sC] = static_cast<S>(buf[c * ld + t]);
+  }
+}
