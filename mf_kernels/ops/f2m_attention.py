@@ -33,7 +33,7 @@ def f2m_attention(x: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
         the softmax-weighted (over the M tokens) sum of v.
     """
     check_f2m_attention(x, k, v, heads)
-    return backends.implementation("f2m_attention", x.device)(x, k, v, heads)
+    return backends.implementation("f2m_attention", x.device, x.dtype)(x, k, v, heads)
 
 
 backends.register("f2m_attention", "reference", lambda: reference.f2m_attention)

@@ -30,7 +30,7 @@ def m2f_attention(x: Tensor, q: Tensor, heads: int) -> Tensor:
         [B, M, C]: per head, the softmax-weighted (over the H*W positions) sum of x.
     """
     check_m2f_attention(x, q, heads)
-    return backends.implementation("m2f_attention", x.device)(x, q, heads)
+    return backends.implementation("m2f_attention", x.device, x.dtype)(x, q, heads)
 
 
 backends.register("m2f_attention", "reference", lambda: reference.m2f_attention)
