@@ -9,7 +9,7 @@ Ops (``mf_kernels.ops``), drop-in modules (``mf_kernels.nn``), and backend selec
 from . import _extension
 from . import ops, nn
 from .patching import accelerate
-from .freeze import freeze
+from .freezing import freeze
 from .backends import (BACKENDS, BackendUnavailableError, available_backends, get_backend,
                        set_backend, use_backend)
 

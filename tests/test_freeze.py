@@ -6,7 +6,7 @@ import torch
 
 import mf_kernels
 import mobileformer
-from mf_kernels import freeze as freeze_module
+from mf_kernels import freezing as freeze_module
 from reference_data import deterministic_model, load_json, reference_input, relative_error
 
 

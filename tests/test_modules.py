@@ -35,7 +35,8 @@ def forward_backward(module, inputs, seed=2):
     module.zero_grad()
     out = module(*inputs)
     torch.manual_seed(seed)
-    out.backward(torch.randn_like(out))
+    # By shape, not randn_like: a channels_last output would get other values from the seed.
+    out.backward(torch.randn(out.shape, dtype=out.dtype))
     return [out.detach()] + [t.grad for t in inputs] + [p.grad.clone() for p in module.parameters()]
 
 
