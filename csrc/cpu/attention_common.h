@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "../checks.h"
@@ -34,10 +35,18 @@
 namespace mf_kernels {
 namespace attention {
 
-// Positions per tile are a multiple of this, so that the inner kernels never need a tail
-// loop: it covers two vectors of every (type, instruction set) pair. A partial last tile is
-// copied into a zero-padded buffer.
-constexpr int64_t kTileQuantum = 16;
+// Positions per tile are a multiple of this, so that the inner kernels never need a scalar
+// tail loop: it is a whole number of vectors of every (type, instruction set) pair (8 fp32
+// lanes with AVX2). A partial last tile is copied into a zero-padded buffer. Small, because
+// the padding is computed on: a 7x7 map pads 49 positions to 56.
+constexpr int64_t kTileQuantum = 8;
+
+// Uninitialised scratch memory (every buffer is written before it is read; zero-filling
+// them showed up in profiles of small maps).
+template <typename T>
+std::unique_ptr<T[]> scratch(size_t size) {
+  return std::unique_ptr<T[]>(new T[size]);
+}
 
 // Everything the inner kernels need to address x (and the tensors shaped like it) and the
 // token tensors. x[b, c, p] is at x + b*sB + c*sC + p*sP: (C*P, P, 1) for NCHW and

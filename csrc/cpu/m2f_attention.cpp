@@ -56,7 +56,7 @@ template <typename S, typename T>
 void merge_chunks(const Problem& n, const T* state, T* stats, S* out) {
   const int64_t M = n.M, ch = n.ch, size = n.M * (n.ch + 2);
   at::parallel_for(0, n.B * n.heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> acc(ch), weight(n.nchunks);
+    std::vector<T> acc(ch);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / n.heads, h = bh % n.heads;
       for (int64_t m = 0; m < M; ++m) {
