@@ -22,6 +22,7 @@ namespace isa_base {
 using namespace mf_kernels::attention;
 #define MF_VEC_BYTES 16
 #include "attention_simd.h"
+#include "attention_tiles.h"
 #include "f2m_attention_kernels.h"
 #undef MF_VEC_BYTES
 }  // namespace isa_base
@@ -31,6 +32,7 @@ namespace isa_avx2 {
 using namespace mf_kernels::attention;
 #define MF_VEC_BYTES 32
 #include "attention_simd.h"
+#include "attention_tiles.h"
 #include "f2m_attention_kernels.h"
 #undef MF_VEC_BYTES
 }  // namespace isa_avx2

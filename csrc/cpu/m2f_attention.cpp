@@ -23,6 +23,7 @@ namespace isa_base {
 using namespace mf_kernels::attention;
 #define MF_VEC_BYTES 16
 #include "attention_simd.h"
+#include "attention_tiles.h"
 #include "m2f_attention_kernels.h"
 #undef MF_VEC_BYTES
 }  // namespace isa_base
@@ -32,6 +33,7 @@ namespace isa_avx2 {
 using namespace mf_kernels::attention;
 #define MF_VEC_BYTES 32
 #include "attention_simd.h"
+#include "attention_tiles.h"
 #include "m2f_attention_kernels.h"
 #undef MF_VEC_BYTES
 }  // namespace isa_avx2
