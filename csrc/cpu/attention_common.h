@@ -112,9 +112,13 @@ inline Problem make_problem(const at::Tensor& xc, int64_t M, int64_t heads) {
   n.M = M;
   n.heads = heads;
   n.ch = n.C / heads;
-  n.sB = xc.stride(0);
-  n.sC = xc.stride(1);
-  n.sP = xc.stride(3);
+  // The strides of the layout, not xc.strides(): a tensor counts as contiguous whatever the
+  // strides of its size-1 dimensions are ([B, C, H, 1] with stride(3) = H, say), so those
+  // cannot be trusted to step through positions.
+  const bool channels_last = output_format(xc) == at::MemoryFormat::ChannelsLast;
+  n.sB = n.C * n.P;
+  n.sC = channels_last ? 1 : n.P;
+  n.sP = channels_last ? n.C : 1;
   n.tile = tile_length(n.ch, n.P);
   n.ntiles = (n.P + n.tile - 1) / n.tile;
   n.nchunks = chunk_count(n.B * heads, n.ntiles);
@@ -124,6 +128,7 @@ inline Problem make_problem(const at::Tensor& xc, int64_t M, int64_t heads) {
 }
 
 // x as the kernels read it: NCHW or channels_last (per the output rule), anything else copied.
+// make_problem(feature_map(x, x), ...) then describes it.
 inline at::Tensor feature_map(const at::Tensor& t, const at::Tensor& x) {
   return t.contiguous(output_format(x));
 }
