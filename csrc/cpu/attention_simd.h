@@ -228,7 +228,9 @@ template <typename T>
 void rows_times_tile(const T* W, int64_t ldw, const T* X, int64_t ldx, int64_t K, T* S,
                      int64_t lds, int64_t rows, int64_t n) {
   int64_t r = 0;
-  for (; r + 6 <= rows; r += 6) rows_times_tile_block<6>(W + r * ldw, ldw, X, ldx, K, S + r * lds, lds, n);
+  for (; r + 6 <= rows; r += 6) {
+    rows_times_tile_block<6>(W + r * ldw, ldw, X, ldx, K, S + r * lds, lds, n);
+  }
   W += r * ldw;
   S += r * lds;
   switch (rows - r) {
@@ -280,7 +282,9 @@ template <typename T>
 void tile_dots(const T* Z, int64_t ldz, const T* X, int64_t ldx, int64_t K, T* Acc, int64_t lda,
                int64_t rows, int64_t n) {
   int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) tile_dots_rows<4>(Z + r * ldz, ldz, X, ldx, K, Acc + r * lda, lda, n);
+  for (; r + 4 <= rows; r += 4) {
+    tile_dots_rows<4>(Z + r * ldz, ldz, X, ldx, K, Acc + r * lda, lda, n);
+  }
   Z += r * ldz;
   Acc += r * lda;
   switch (rows - r) {

@@ -69,12 +69,14 @@ inline void transpose_copy(const S* src, int64_t lds, int64_t rows, int64_t cols
   constexpr int64_t L = lanes<float>();
   int64_t i0 = 0, j0 = 0;
   if (std::is_same<S, float>::value && std::is_same<D, float>::value) {
+    const float* s = reinterpret_cast<const float*>(src);
+    float* d = reinterpret_cast<float*>(dst);
     Vec<float> r[L];
     for (; i0 + L <= rows; i0 += L) {
       for (j0 = 0; j0 + L <= cols; j0 += L) {
-        for (int64_t i = 0; i < L; ++i) r[i] = vload(reinterpret_cast<const float*>(src) + (i0 + i) * lds + j0);
+        for (int64_t i = 0; i < L; ++i) r[i] = vload(s + (i0 + i) * lds + j0);
         if (!transpose_block(r)) break;
-        for (int64_t j = 0; j < L; ++j) vstore(reinterpret_cast<float*>(dst) + (j0 + j) * ldd + i0, r[j]);
+        for (int64_t j = 0; j < L; ++j) vstore(d + (j0 + j) * ldd + i0, r[j]);
       }
       for (int64_t i = i0; i < i0 + L; ++i)  // the columns right of the last full block
         for (int64_t j = j0; j < cols; ++j) dst[j * ldd + i] = static_cast<D>(src[i * lds + j]);

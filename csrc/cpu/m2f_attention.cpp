@@ -52,7 +52,8 @@ void check_inputs(const at::Tensor& x, const at::Tensor& q, int64_t heads) {
 }
 
 // Merges the chunks of each (b, head): with the overall max mx*, the chunk weights are
-// 2^(mx_i - mx*) (the maxima are in base 2); the sum l and the output accumulator combine with these weights. Writes
+// 2^(mx_i - mx*) (the maxima are in base 2); the sum l and the output accumulator combine
+// with these weights. Writes
 // the final max and sum (for the backward) to stats, and out = acc / l when out is given.
 template <typename S, typename T>
 void merge_chunks(const Problem& n, const T* state, T* stats, S* out) {
@@ -63,7 +64,9 @@ void merge_chunks(const Problem& n, const T* state, T* stats, S* out) {
       const int64_t b = bh / n.heads, h = bh % n.heads;
       for (int64_t m = 0; m < M; ++m) {
         T mx = -std::numeric_limits<T>::infinity();
-        for (int64_t i = 0; i < n.nchunks; ++i) mx = std::max(mx, state[(bh * n.nchunks + i) * size + m]);
+        for (int64_t i = 0; i < n.nchunks; ++i) {
+          mx = std::max(mx, state[(bh * n.nchunks + i) * size + m]);
+        }
         T l = 0;
         std::fill(acc.begin(), acc.end(), T(0));
         for (int64_t i = 0; i < n.nchunks; ++i) {
@@ -136,7 +139,8 @@ std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cpu(const at::Tensor& 
   at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(output_format(x)));
   at::Tensor grad_q = at::empty(q.sizes(), q.options());
   const at::Tensor qc = q.contiguous(), gc = grad_out.contiguous(), oc = out.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "m2f_attention_bwd", [&] {
+  const auto dtype = x.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "m2f_attention_bwd", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     const scalar_t* qp = qc.const_data_ptr<scalar_t>();
@@ -155,7 +159,9 @@ std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cpu(const at::Tensor& 
       for (int64_t m = 0; m < M; ++m) {
         for (int64_t c = 0; c < n.ch; ++c) {
           T sum = 0;
-          for (int64_t i = 0; i < n.nchunks; ++i) sum += dq[((bh * n.nchunks + i) * M + m) * n.ch + c];
+          for (int64_t i = 0; i < n.nchunks; ++i) {
+            sum += dq[((bh * n.nchunks + i) * M + m) * n.ch + c];
+          }
           gq[(b * M + m) * n.C + h * n.ch + c] = static_cast<scalar_t>(s * sum);
         }
       }
