@@ -3,12 +3,13 @@
 // token-tensor checks, and the choice of instruction set.
 //
 // Instruction sets. The extension is built without -march flags (it must run on any x86-64),
-// so the inner kernels (attention_simd.h and the <op>_kernels.h headers) are compiled twice
-// in each .cpp: once for the baseline (SSE2 on x86-64, NEON on aarch64) in namespace
-// isa_base, and once under `#pragma GCC target("avx2,fma")` in namespace isa_avx2. The drivers
-// pick one at run time (use_avx2()). Those headers have no include guard on purpose, and
-// include nothing themselves: every library header is included here, before any target pragma,
-// so that no library code is compiled for AVX2 by accident.
+// so the inner kernels (attention_simd.h, attention_tiles.h and the <op>_kernels.h headers)
+// are compiled twice in each .cpp: once for the baseline (SSE2 on x86-64, NEON on aarch64) in
+// namespace isa_base, and once under `#pragma GCC target("avx2,fma")` in namespace isa_avx2.
+// The drivers pick one at run time (use_avx2()). Those headers have no include guard on
+// purpose, and include nothing themselves: every library header is included here, before any
+// target pragma, so that no library code is compiled for AVX2 by accident. They are written
+// with GCC/Clang vector extensions (the extension is built with GCC or Clang only).
 #pragma once
 
 #include <ATen/ATen.h>
