@@ -53,8 +53,8 @@ void check_inputs(const at::Tensor& x, const at::Tensor& q, int64_t heads) {
 
 // Merges the chunks of each (b, head): with the overall max mx*, the chunk weights are
 // 2^(mx_i - mx*) (the maxima are in base 2); the sum l and the output accumulator combine
-// with these weights. Writes
-// the final max and sum (for the backward) to stats, and out = acc / l when out is given.
+// with these weights. Writes the final max and sum (for the backward) to stats, and
+// out = acc / l when out is given.
 template <typename S, typename T>
 void merge_chunks(const Problem& n, const T* state, T* stats, S* out) {
   const int64_t M = n.M, ch = n.ch, size = n.M * (n.ch + 2);
