@@ -50,6 +50,14 @@ sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))
               + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
               + glob.glob(os.path.join(ROOT, "csrc", "composite", "*.cpp")))
 cxx_flags = ["-O3", "-fvisibility=hidden"]
+link_flags = []
+# at::parallel_for is a header template: in code compiled without OpenMP it runs the whole range
+# on the calling thread (ATen's OpenMP build enables its parallel path only under _OPENMP), so
+# the CPU kernels need -fopenmp to use torch's intra-op threads. The OpenMP runtime is torch's
+# own (libgomp.so.1, already loaded by libtorch_cpu).
+if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+    cxx_flags.append("-fopenmp")
+    link_flags.append("-fopenmp")
 define_macros = []
 if with_cuda:
     sources += rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
@@ -58,12 +66,14 @@ if with_cuda:
     define_macros.append(("MF_KERNELS_WITH_CUDA", None))
     extension = CUDAExtension(
         "mf_kernels._C", sources, define_macros=define_macros,
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]})
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+        extra_link_args=link_flags)
     print(f"[mf_kernels] building CPU + CUDA kernels: {reason}; "
           f"architectures {os.environ.get('TORCH_CUDA_ARCH_LIST', 'of the visible GPU')}",
           file=sys.stderr)
 else:
-    extension = CppExtension("mf_kernels._C", sources, extra_compile_args={"cxx": cxx_flags})
+    extension = CppExtension("mf_kernels._C", sources, extra_compile_args={"cxx": cxx_flags},
+                             extra_link_args=link_flags)
     print(f"[mf_kernels] building CPU kernels only: {reason}", file=sys.stderr)
 
 # What the extension was built against, so that a failed load can say "built for torch X".

@@ -89,6 +89,21 @@ def test_matches_reference(shape, dtype, layout):
     assert y.is_contiguous(memory_format=fmt) and gx.is_contiguous(memory_format=fmt)
 
 
+def with_odd_size1_strides(t):
+    """The same tensor, with nonsense strides on its size-1 dimensions."""
+    return t.as_strided(t.shape, [91 if n == 1 else st for n, st in zip(t.shape, t.stride())])
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(2, 8, 1, 5), (2, 8, 5, 1), (1, 8, 3, 4)], ids=str)
+def test_strides_of_size1_dims_are_ignored(shape, layout):
+    # Still contiguous in its layout: the kernels must step through positions by the layout's
+    # strides, not by stride(3).
+    x = with_odd_size1_strides(make_feature_map(shape, torch.float32, layout))
+    B, C = shape[:2]
+    compare_tight(x, tokens(B, 3, C, torch.float32), tokens(B, 3, C, torch.float32), 2)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[3], SHAPES[5]], ids=str)

@@ -3,12 +3,13 @@
 // token-tensor checks, and the choice of instruction set.
 //
 // Instruction sets. The extension is built without -march flags (it must run on any x86-64),
-// so the inner kernels (attention_simd.h and the <op>_kernels.h headers) are compiled twice
-// in each .cpp: once for the baseline (SSE2 on x86-64, NEON on aarch64) in namespace
-// isa_base, and once under `#pragma GCC target("avx2,fma")` in namespace isa_avx2. The drivers
-// pick one at run time (use_avx2()). Those headers have no include guard on purpose, and
-// include nothing themselves: every library header is included here, before any target pragma,
-// so that no library code is compiled for AVX2 by accident.
+// so the inner kernels (attention_simd.h, attention_tiles.h and the <op>_kernels.h headers)
+// are compiled twice in each .cpp: once for the baseline (SSE2 on x86-64, NEON on aarch64) in
+// namespace isa_base, and once under `#pragma GCC target("avx2,fma")` in namespace isa_avx2.
+// The drivers pick one at run time (use_avx2()). Those headers have no include guard on
+// purpose, and include nothing themselves: every library header is included here, before any
+// target pragma, so that no library code is compiled for AVX2 by accident. They are written
+// with GCC/Clang vector extensions (the extension is built with GCC or Clang only).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -21,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "../checks.h"
@@ -34,10 +36,18 @@
 namespace mf_kernels {
 namespace attention {
 
-// Positions per tile are a multiple of this, so that the inner kernels never need a tail
-// loop: it covers two vectors of every (type, instruction set) pair. A partial last tile is
-// copied into a zero-padded buffer.
-constexpr int64_t kTileQuantum = 16;
+// Positions per tile are a multiple of this, so that the inner kernels never need a scalar
+// tail loop: it is a whole number of vectors of every (type, instruction set) pair (8 fp32
+// lanes with AVX2). A partial last tile is copied into a zero-padded buffer. Small, because
+// the padding is computed on: a 7x7 map pads 49 positions to 56.
+constexpr int64_t kTileQuantum = 8;
+
+// Uninitialised scratch memory (every buffer is written before it is read; zero-filling
+// them showed up in profiles of small maps).
+template <typename T>
+std::unique_ptr<T[]> scratch(size_t size) {
+  return std::unique_ptr<T[]>(new T[size]);
+}
 
 // Everything the inner kernels need to address x (and the tensors shaped like it) and the
 // token tensors. x[b, c, p] is at x + b*sB + c*sC + p*sP: (C*P, P, 1) for NCHW and
@@ -103,9 +113,13 @@ inline Problem make_problem(const at::Tensor& xc, int64_t M, int64_t heads) {
   n.M = M;
   n.heads = heads;
   n.ch = n.C / heads;
-  n.sB = xc.stride(0);
-  n.sC = xc.stride(1);
-  n.sP = xc.stride(3);
+  // The strides of the layout, not xc.strides(): a tensor counts as contiguous whatever the
+  // strides of its size-1 dimensions are ([B, C, H, 1] with stride(3) = H, say), so those
+  // cannot be trusted to step through positions.
+  const bool channels_last = output_format(xc) == at::MemoryFormat::ChannelsLast;
+  n.sB = n.C * n.P;
+  n.sC = channels_last ? 1 : n.P;
+  n.sP = channels_last ? n.C : 1;
   n.tile = tile_length(n.ch, n.P);
   n.ntiles = (n.P + n.tile - 1) / n.tile;
   n.nchunks = chunk_count(n.B * heads, n.ntiles);
@@ -115,6 +129,7 @@ inline Problem make_problem(const at::Tensor& xc, int64_t M, int64_t heads) {
 }
 
 // x as the kernels read it: NCHW or channels_last (per the output rule), anything else copied.
+// make_problem(feature_map(x, x), ...) then describes it.
 inline at::Tensor feature_map(const at::Tensor& t, const at::Tensor& x) {
   return t.contiguous(output_format(x));
 }

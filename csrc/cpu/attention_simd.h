@@ -7,8 +7,8 @@
 // compiler contracts a*b+c into FMAs.
 //
 // T is the accumulation type (float, or double for fp64 inputs). Every length n handed to
-// the vector routines is a multiple of kTileQuantum positions, which is a multiple of two
-// vectors for every T here, so there are no tail loops.
+// the vector routines is a multiple of kTileQuantum positions, which is a whole number of
+// vectors for every T here, so there are no scalar tail loops.
 
 template <typename T>
 struct VecOf;
@@ -103,10 +103,21 @@ inline Vec<double> vexp2(Vec<double> x) {
 
 // ---- Row softmax pieces (m2f: softmax over the positions of one token's row) ----
 
+// Four independent chains: one chain of dependent vmax is latency-bound (it showed up as a
+// tenth of the forward on a 112x112 map).
 template <typename T>
 inline T row_max(const T* s, int64_t n) {
-  Vec<T> m = vset(-std::numeric_limits<T>::infinity());
-  for (int64_t t = 0; t < n; t += lanes<T>()) m = vmax(m, vload(s + t));
+  constexpr int64_t L = lanes<T>();
+  Vec<T> m0 = vset(-std::numeric_limits<T>::infinity()), m1 = m0, m2 = m0, m3 = m0;
+  int64_t t = 0;
+  for (; t + 4 * L <= n; t += 4 * L) {
+    m0 = vmax(m0, vload(s + t));
+    m1 = vmax(m1, vload(s + t + L));
+    m2 = vmax(m2, vload(s + t + 2 * L));
+    m3 = vmax(m3, vload(s + t + 3 * L));
+  }
+  for (; t < n; t += L) m0 = vmax(m0, vload(s + t));
+  const Vec<T> m = vmax(vmax(m0, m1), vmax(m2, m3));
   T r = m[0];
   for (int64_t i = 1; i < lanes<T>(); ++i) r = std::max(r, m[i]);
   return r;
@@ -117,12 +128,18 @@ template <bool kScale, typename T>
 inline T exp2_row(T* s, int64_t n, T shift, T mul) {
   const Vec<T> sh = vset(shift), mu = vset(mul);
   Vec<T> acc0{}, acc1{};
-  for (int64_t t = 0; t < n; t += 2 * lanes<T>()) {
+  int64_t t = 0;
+  for (; t + 2 * lanes<T>() <= n; t += 2 * lanes<T>()) {  // two independent exp chains
     const Vec<T> e0 = vexp2(vload(s + t) - sh), e1 = vexp2(vload(s + t + lanes<T>()) - sh);
     acc0 += e0;
     acc1 += e1;
     vstore(s + t, kScale ? e0 * mu : e0);
     vstore(s + t + lanes<T>(), kScale ? e1 * mu : e1);
+  }
+  if (t < n) {
+    const Vec<T> e0 = vexp2(vload(s + t) - sh);
+    acc0 += e0;
+    vstore(s + t, kScale ? e0 * mu : e0);
   }
   return hsum(acc0 + acc1);
 }
@@ -167,32 +184,43 @@ inline void col_softmax_backward(const T* A, T* D, int64_t ld, int64_t rows, int
 
 // ---- The three small matrix products everything is made of ----
 
-// S[r][t] = sum_k W[r][k] * X[k][t] for a block of R rows: the rows of W broadcast, two
-// vectors of positions per step, 2R accumulators in registers.
+// S[r][t] = sum_k W[r][k] * X[k][t] for a block of R rows and NV vectors of positions: the
+// rows of W broadcast, R*NV accumulators in registers.
+template <int R, int NV, typename T>
+inline void rows_times_tile_step(const T* W, int64_t ldw, const T* X, int64_t ldx, int64_t K,
+                                 T* S, int64_t lds) {
+  constexpr int64_t L = lanes<T>();
+  Vec<T> a[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) a[r][v] = Vec<T>{};
+  for (int64_t k = 0; k < K; ++k, X += ldx) {
+    Vec<T> x[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) x[v] = vload(X + v * L);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const Vec<T> w = vset(W[r * ldw + k]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) a[r][v] += w * x[v];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) vstore(S + r * lds + v * L, a[r][v]);
+}
+
+// Two vectors of positions per step (enough independent FMAs to hide their latency), one
+// for an odd last vector.
 template <int R, typename T>
 inline void rows_times_tile_block(const T* W, int64_t ldw, const T* X, int64_t ldx, int64_t K,
                                   T* S, int64_t lds, int64_t n) {
   constexpr int64_t L = lanes<T>();
-  for (int64_t t = 0; t < n; t += 2 * L) {
-    Vec<T> a0[R], a1[R];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) a0[r] = a1[r] = Vec<T>{};
-    const T* xp = X + t;
-    for (int64_t k = 0; k < K; ++k, xp += ldx) {
-      const Vec<T> x0 = vload(xp), x1 = vload(xp + L);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const Vec<T> w = vset(W[r * ldw + k]);
-        a0[r] += w * x0;
-        a1[r] += w * x1;
-      }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      vstore(S + r * lds + t, a0[r]);
-      vstore(S + r * lds + t + L, a1[r]);
-    }
-  }
+  int64_t t = 0;
+  for (; t + 2 * L <= n; t += 2 * L) rows_times_tile_step<R, 2>(W, ldw, X + t, ldx, K, S + t, lds);
+  if (t < n) rows_times_tile_step<R, 1>(W, ldw, X + t, ldx, K, S + t, lds);
 }
 
 // S[rows, n] = W[rows, K] @ X[K, n] (row strides ldw, ldx, lds).
@@ -200,7 +228,9 @@ template <typename T>
 void rows_times_tile(const T* W, int64_t ldw, const T* X, int64_t ldx, int64_t K, T* S,
                      int64_t lds, int64_t rows, int64_t n) {
   int64_t r = 0;
-  for (; r + 6 <= rows; r += 6) rows_times_tile_block<6>(W + r * ldw, ldw, X, ldx, K, S + r * lds, lds, n);
+  for (; r + 6 <= rows; r += 6) {
+    rows_times_tile_block<6>(W + r * ldw, ldw, X, ldx, K, S + r * lds, lds, n);
+  }
   W += r * ldw;
   S += r * lds;
   switch (rows - r) {
@@ -252,7 +282,9 @@ template <typename T>
 void tile_dots(const T* Z, int64_t ldz, const T* X, int64_t ldx, int64_t K, T* Acc, int64_t lda,
                int64_t rows, int64_t n) {
   int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) tile_dots_rows<4>(Z + r * ldz, ldz, X, ldx, K, Acc + r * lda, lda, n);
+  for (; r + 4 <= rows; r += 4) {
+    tile_dots_rows<4>(Z + r * ldz, ldz, X, ldx, K, Acc + r * lda, lda, n);
+  }
   Z += r * ldz;
   Acc += r * lda;
   switch (rows - r) {
@@ -263,33 +295,43 @@ void tile_dots(const T* Z, int64_t ldz, const T* X, int64_t ldx, int64_t K, T* A
   }
 }
 
-// Y[k][t] = I[k][t] + sum_r W[r][k] * Z[r][t] for KB rows of Y (I may be null: zero).
+// Y[k][t] = I[k][t] + sum_r W[r][k] * Z[r][t] for KB rows of Y and NV vectors of positions
+// (I may be null: zero).
+template <int KB, int NV, typename T>
+inline void expand_step(const T* W, int64_t ldw, const T* Z, int64_t ldz, int64_t rows,
+                        const T* I, int64_t ldi, T* Y, int64_t ldy) {
+  constexpr int64_t L = lanes<T>();
+  Vec<T> a[KB][NV];
+#pragma GCC unroll 8
+  for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) a[k][v] = I ? vload(I + k * ldi + v * L) : Vec<T>{};
+  for (int64_t r = 0; r < rows; ++r, Z += ldz) {
+    Vec<T> z[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) z[v] = vload(Z + v * L);
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k) {
+      const Vec<T> w = vset(W[r * ldw + k]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) a[k][v] += w * z[v];
+    }
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) vstore(Y + k * ldy + v * L, a[k][v]);
+}
+
 template <int KB, typename T>
 inline void expand_block(const T* W, int64_t ldw, const T* Z, int64_t ldz, int64_t rows,
                          const T* I, int64_t ldi, T* Y, int64_t ldy, int64_t n) {
   constexpr int64_t L = lanes<T>();
-  for (int64_t t = 0; t < n; t += 2 * L) {
-    Vec<T> a0[KB], a1[KB];
-#pragma GCC unroll 8
-    for (int k = 0; k < KB; ++k) {
-      a0[k] = I ? vload(I + k * ldi + t) : Vec<T>{};
-      a1[k] = I ? vload(I + k * ldi + t + L) : Vec<T>{};
-    }
-    for (int64_t r = 0; r < rows; ++r) {
-      const Vec<T> z0 = vload(Z + r * ldz + t), z1 = vload(Z + r * ldz + t + L);
-#pragma GCC unroll 8
-      for (int k = 0; k < KB; ++k) {
-        const Vec<T> w = vset(W[r * ldw + k]);
-        a0[k] += w * z0;
-        a1[k] += w * z1;
-      }
-    }
-#pragma GCC unroll 8
-    for (int k = 0; k < KB; ++k) {
-      vstore(Y + k * ldy + t, a0[k]);
-      vstore(Y + k * ldy + t + L, a1[k]);
-    }
+  int64_t t = 0;
+  for (; t + 2 * L <= n; t += 2 * L) {
+    expand_step<KB, 2>(W, ldw, Z + t, ldz, rows, I ? I + t : I, ldi, Y + t, ldy);
   }
+  if (t < n) expand_step<KB, 1>(W, ldw, Z + t, ldz, rows, I ? I + t : I, ldi, Y + t, ldy);
 }
 
 // Y[K, n] = I[K, n] + W[rows, K]^T @ Z[rows, n] (I may be null).
@@ -310,73 +352,5 @@ void expand(const T* W, int64_t ldw, const T* Z, int64_t ldz, int64_t rows, cons
     case 2: expand_block<2>(W, ldw, Z, ldz, rows, I, ldi, Y, ldy, n); break;
     case 1: expand_block<1>(W, ldw, Z, ldz, rows, I, ldi, Y, ldy, n); break;
     default: break;
-  }
-}
-
-// The [M, ch] slice of head h of a [B, M, C] token tensor as T, times `mul`.
-template <typename S, typename T>
-inline void gather_tokens(const S* t, const attention::Problem& n, int64_t b, int64_t h, T mul,
-                          T* dst) {
-  for (int64_t m = 0; m < n.M; ++m) {
-    const S* row = t + (b * n.M + m) * n.C + h * n.ch;
-    for (int64_t c = 0; c < n.ch; ++c) dst[m * n.ch + c] = static_cast<T>(row[c]) * mul;
-  }
-}
-
-inline int64_t padded_length(int64_t len) {
-  return (len + attention::kTileQuantum - 1) / attention::kTileQuantum * attention::kTileQuantum;
-}
-
-// ---- Moving tiles between the tensors and the [K, n] accumulation-type buffers ----
-
-// The tile x[c, p0 + t] (c < K, t < len) as a [K, ld] buffer of T. Read in place when it
-// already is one (T inputs, positions unit-stride, a full tile); otherwise copied into `buf`
-// (converted, transposed for channels_last, zero-padded up to `padded`).
-template <typename S, typename T>
-inline const T* load_tile(const S* x, int64_t sC, int64_t sP, int64_t K, int64_t len,
-                          int64_t padded, T* buf, int64_t* ld) {
-  if (std::is_same<S, T>::value && sP == 1 && len == padded) {
-    *ld = sC;
-    return reinterpret_cast<const T*>(x);
-  }
-  *ld = padded;
-  if (sP == 1) {
-    for (int64_t c = 0; c < K; ++c) {
-      for (int64_t t = 0; t < len; ++t) buf[c * padded + t] = static_cast<T>(x[c * sC + t]);
-    }
-  } else {  // channels_last: rows of channels, transposed into rows of positions
-    for (int64_t t = 0; t < len; ++t) {
-      for (int64_t c = 0; c < K; ++c) buf[c * padded + t] = static_cast<T>(x[t * sP + c * sC]);
-    }
-  }
-  if (len < padded) {
-    for (int64_t c = 0; c < K; ++c) std::fill(buf + c * padded + len, buf + (c + 1) * padded, T(0));
-  }
-  return buf;
-}
-
-// Where a [K, n] result tile goes: straight into y when it has that layout, else `buf`
-// (then store_tile copies it out).
-template <typename S, typename T>
-inline T* tile_target(S* y, int64_t sC, int64_t sP, int64_t len, int64_t padded, T* buf,
-                      int64_t* ld) {
-  if (std::is_same<S, T>::value && sP == 1 && len == padded) {
-    *ld = sC;
-    return reinterpret_cast<T*>(y);
-  }
-  *ld = padded;
-  return buf;
-}
-
-template <typename S, typename T>
-inline void store_tile(const T* buf, int64_t ld, S* y, int64_t sC, int64_t sP, int64_t K,
-                       int64_t len) {
-  if (reinterpret_cast<const void*>(buf) == reinterpret_cast<const void*>(y)) return;
-  if (sP == 1) {
-    for (int64_t c = 0; c < K; ++c)
-      for (int64_t t = 0; t < len; ++t) y[c * sC + t] = static_cast<S>(buf[c * ld + t]);
-  } else {
-    for (int64_t t = 0; t < len; ++t)
-      for (int64_t c = 0; c < K; ++c) y[t * sP + c * sC] = static_cast<S>(buf[c * ld + t]);
   }
 }

@@ -22,6 +22,7 @@ namespace isa_base {
 using namespace mf_kernels::attention;
 #define MF_VEC_BYTES 16
 #include "attention_simd.h"
+#include "attention_tiles.h"
 #include "f2m_attention_kernels.h"
 #undef MF_VEC_BYTES
 }  // namespace isa_base
@@ -31,6 +32,7 @@ namespace isa_avx2 {
 using namespace mf_kernels::attention;
 #define MF_VEC_BYTES 32
 #include "attention_simd.h"
+#include "attention_tiles.h"
 #include "f2m_attention_kernels.h"
 #undef MF_VEC_BYTES
 }  // namespace isa_avx2
@@ -85,7 +87,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> f2m_attention_backward_cpu(
   const int64_t M = k.size(1);
   const at::Tensor gc = attention::feature_map(grad_y, x);
   if (M == 0 || x.numel() == 0) {  // y = x, or nothing to sum over for grad_k, grad_v
-    at::Tensor grad_x = M == 0 ? gc.clone(format) : at::empty(x.sizes(), x.options().memory_format(format));
+    at::Tensor grad_x = M == 0 ? gc.clone(format)
+                               : at::empty(x.sizes(), x.options().memory_format(format));
     return {grad_x, at::zeros(k.sizes(), k.options()), at::zeros(v.sizes(), v.options())};
   }
   const at::Tensor xc = attention::feature_map(x, x);
@@ -94,7 +97,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> f2m_attention_backward_cpu(
   at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(format));
   at::Tensor grad_k = at::empty(k.sizes(), k.options());
   at::Tensor grad_v = at::empty(v.sizes(), v.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "f2m_attention_bwd", [&] {
+  const auto dtype = x.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "f2m_attention_bwd", [&] {
     using T = at::opmath_type<scalar_t>;
     std::vector<T> dk(n.tasks() * M * n.ch), dv(dk.size());
     const scalar_t* gp = gc.const_data_ptr<scalar_t>();
@@ -103,7 +107,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> f2m_attention_backward_cpu(
     const scalar_t* vp = vc.const_data_ptr<scalar_t>();
     scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n.tasks(), 1, [&](int64_t begin, int64_t end) {
-      MF_ISA_CALL(f2m_backward_tasks<scalar_t>, n, gp, xp, kp, vp, gxp, dk.data(), dv.data(), begin, end);
+      MF_ISA_CALL(f2m_backward_tasks<scalar_t>, n, gp, xp, kp, vp, gxp, dk.data(), dv.data(), begin,
+                  end);
     });
     // Sum the chunks: grad_k = s * sum dS X^T, grad_v = sum A dY^T.
     scalar_t* gk = grad_k.mutable_data_ptr<scalar_t>();

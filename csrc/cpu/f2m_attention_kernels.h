@@ -16,8 +16,8 @@ void f2m_forward_tasks(const attention::Problem& n, const S* x, const S* k, cons
                        int64_t begin, int64_t end) {
   using T = at::opmath_type<S>;
   const int64_t M = n.M, ch = n.ch;
-  std::vector<T> buffer(2 * M * ch + 2 * ch * n.tile + M * n.tile);
-  T* ks = buffer.data();
+  const auto buffer = attention::scratch<T>(2 * M * ch + 2 * ch * n.tile + M * n.tile);
+  T* ks = buffer.get();
   T* vs = ks + M * ch;
   T* xbuf = vs + M * ch;
   T* ybuf = xbuf + ch * n.tile;
@@ -54,8 +54,8 @@ void f2m_backward_tasks(const attention::Problem& n, const S* gy, const S* x, co
                         int64_t begin, int64_t end) {
   using T = at::opmath_type<S>;
   const int64_t M = n.M, ch = n.ch;
-  std::vector<T> buffer(3 * M * ch + 3 * ch * n.tile + 2 * M * n.tile);
-  T* ks = buffer.data();   // s k, for grad_x
+  const auto buffer = attention::scratch<T>(3 * M * ch + 3 * ch * n.tile + 2 * M * n.tile);
+  T* ks = buffer.get();   // s k, for grad_x
   T* ks2 = ks + M * ch;    // s log2(e) k, for the scores
   T* vs = ks2 + M * ch;
   T* xbuf = vs + M * ch;

@@ -23,6 +23,7 @@ namespace isa_base {
 using namespace mf_kernels::attention;
 #define MF_VEC_BYTES 16
 #include "attention_simd.h"
+#include "attention_tiles.h"
 #include "m2f_attention_kernels.h"
 #undef MF_VEC_BYTES
 }  // namespace isa_base
@@ -32,6 +33,7 @@ namespace isa_avx2 {
 using namespace mf_kernels::attention;
 #define MF_VEC_BYTES 32
 #include "attention_simd.h"
+#include "attention_tiles.h"
 #include "m2f_attention_kernels.h"
 #undef MF_VEC_BYTES
 }  // namespace isa_avx2
@@ -50,18 +52,21 @@ void check_inputs(const at::Tensor& x, const at::Tensor& q, int64_t heads) {
 }
 
 // Merges the chunks of each (b, head): with the overall max mx*, the chunk weights are
-// 2^(mx_i - mx*) (the maxima are in base 2); the sum l and the output accumulator combine with these weights. Writes
-// the final max and sum (for the backward) to stats, and out = acc / l when out is given.
+// 2^(mx_i - mx*) (the maxima are in base 2); the sum l and the output accumulator combine
+// with these weights. Writes the final max and sum (for the backward) to stats, and
+// out = acc / l when out is given.
 template <typename S, typename T>
 void merge_chunks(const Problem& n, const T* state, T* stats, S* out) {
   const int64_t M = n.M, ch = n.ch, size = n.M * (n.ch + 2);
   at::parallel_for(0, n.B * n.heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> acc(ch), weight(n.nchunks);
+    std::vector<T> acc(ch);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / n.heads, h = bh % n.heads;
       for (int64_t m = 0; m < M; ++m) {
         T mx = -std::numeric_limits<T>::infinity();
-        for (int64_t i = 0; i < n.nchunks; ++i) mx = std::max(mx, state[(bh * n.nchunks + i) * size + m]);
+        for (int64_t i = 0; i < n.nchunks; ++i) {
+          mx = std::max(mx, state[(bh * n.nchunks + i) * size + m]);
+        }
         T l = 0;
         std::fill(acc.begin(), acc.end(), T(0));
         for (int64_t i = 0; i < n.nchunks; ++i) {
@@ -134,7 +139,8 @@ std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cpu(const at::Tensor& 
   at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(output_format(x)));
   at::Tensor grad_q = at::empty(q.sizes(), q.options());
   const at::Tensor qc = q.contiguous(), gc = grad_out.contiguous(), oc = out.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "m2f_attention_bwd", [&] {
+  const auto dtype = x.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "m2f_attention_bwd", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     const scalar_t* qp = qc.const_data_ptr<scalar_t>();
@@ -153,7 +159,9 @@ std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cpu(const at::Tensor& 
       for (int64_t m = 0; m < M; ++m) {
         for (int64_t c = 0; c < n.ch; ++c) {
           T sum = 0;
-          for (int64_t i = 0; i < n.nchunks; ++i) sum += dq[((bh * n.nchunks + i) * M + m) * n.ch + c];
+          for (int64_t i = 0; i < n.nchunks; ++i) {
+            sum += dq[((bh * n.nchunks + i) * M + m) * n.ch + c];
+          }
           gq[(b * M + m) * n.C + h * n.ch + c] = static_cast<scalar_t>(s * sum);
         }
       }

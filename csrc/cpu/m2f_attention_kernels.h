@@ -21,8 +21,8 @@ void m2f_forward_tasks(const attention::Problem& n, const S* x, const S* q,
                        at::opmath_type<S>* state, bool values, int64_t begin, int64_t end) {
   using T = at::opmath_type<S>;
   const int64_t M = n.M, ch = n.ch;
-  std::vector<T> buffer(M * ch + ch * n.tile + M * n.tile);
-  T* qs = buffer.data();
+  const auto buffer = attention::scratch<T>(M * ch + ch * n.tile + M * n.tile);
+  T* qs = buffer.get();
   T* xbuf = qs + M * ch;
   T* s = xbuf + ch * n.tile;
   const T inf = std::numeric_limits<T>::infinity();
@@ -68,8 +68,8 @@ void m2f_backward_tasks(const attention::Problem& n, const S* x, const S* q, con
                         at::opmath_type<S>* dq, int64_t begin, int64_t end) {
   using T = at::opmath_type<S>;
   const int64_t M = n.M, ch = n.ch;
-  std::vector<T> buffer(4 * M * ch + M + 2 * ch * n.tile + 2 * M * n.tile);
-  T* w = buffer.data();      // [Q; dO]: the rows that meet X
+  const auto buffer = attention::scratch<T>(4 * M * ch + M + 2 * ch * n.tile + 2 * M * n.tile);
+  T* w = buffer.get();      // [Q; dO]: the rows that meet X
   T* w2 = w + 2 * M * ch;    // [dO; Q]: the rows that meet [A; dS]
   T* delta = w2 + 2 * M * ch;
   T* xbuf = delta + M;
