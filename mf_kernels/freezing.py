@@ -7,7 +7,11 @@ It goes further than :func:`mf_kernels.accelerate`:
 * each Mobile-Former block computes all its token work (Mobile->Former, Former, both
   hyper-MLPs, the Former->Mobile keys and values) in one call, ``mf_kernels::block_tokens``;
   its mobile path is then three convolutions, two fused dynamic ReLUs and one fused
-  Former->Mobile attention.
+  Former->Mobile attention;
+* the weights are put in channels_last (``memory_format``), so every feature map after the
+  stem is channels_last: on the CPU at batch 1, oneDNN's depthwise convolutions are up to 3x
+  faster that way, and the fused kernels take channels_last natively. Inputs may come in
+  either layout.
 
 A frozen model reproduces the reference's eval-mode logits (1e-4 relative in fp32; it is tested
 at 1e-5), but it is for inference only: BatchNorm statistics are baked in, its state_dict no
@@ -94,9 +98,11 @@ _FROZEN = {mobileformer.MobileFormerBlock: FrozenMobileFormerBlock,
 
 
 @torch.no_grad()
-def freeze(model: nn.Module) -> nn.Module:
+def freeze(model: nn.Module, memory_format: torch.memory_format = torch.channels_last
+           ) -> nn.Module:
     """Prepare ``model`` (a Mobile-Former, or any model of its modules) for fast inference,
-    in place, and return it in eval mode. See the module docstring for what changes."""
+    in place, and return it in eval mode. See the module docstring for what changes;
+    ``memory_format=torch.contiguous_format`` keeps the feature maps in NCHW."""
     if not _extension.LOADED:
         raise RuntimeError(f"mf_kernels.freeze needs the C++ extension: {_extension.LOAD_ERROR}")
     model.eval()
@@ -113,4 +119,4 @@ def freeze(model: nn.Module) -> nn.Module:
             module._frozen_weights = _token_weights(module)
     for param in model.parameters():
         param.requires_grad_(False)
-    return model
+    return model.to(memory_format=memory_format)

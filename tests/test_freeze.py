@@ -21,7 +21,8 @@ def test_frozen_model_reproduces_reference_logits(variant):
 
 @pytest.mark.parametrize("variant", mobileformer.VARIANT_NAMES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_every_variant_frozen_matches_eval_reference(variant, dtype):
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_every_variant_frozen_matches_eval_reference(variant, dtype, memory_format):
     torch.manual_seed(0)
     reference = mobileformer.create_model(variant).to(dtype)
     # Non-trivial BatchNorm statistics, so that folding is actually exercised.
@@ -33,7 +34,7 @@ def test_every_variant_frozen_matches_eval_reference(variant, dtype):
                 m.weight.normal_(1, 0.1)
                 m.bias.normal_(0, 0.1)
     reference.eval()
-    frozen = mf_kernels.freeze(copy.deepcopy(reference))
+    frozen = mf_kernels.freeze(copy.deepcopy(reference), memory_format=memory_format)
     images = torch.randn(2, 3, 64, 96, dtype=dtype)
     with torch.no_grad():
         expected, out = reference(images), frozen(images)

@@ -108,6 +108,15 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& s, const at::Tensor& 
       scalar_t* yr = yp + bp * n.C;
       const opmath_t* sb = st + b * K * n.C;
       const opmath_t* tb = tt + b * K * n.C;
+      if (K == 2 && !has_intercept) {  // the authors' form: unit-stride, vectorisable
+        const opmath_t* a1 = sb;
+        const opmath_t* a2 = sb + n.C;
+        for (int64_t c = 0; c < n.C; ++c) {
+          const opmath_t v = static_cast<opmath_t>(xr[c]);
+          yr[c] = static_cast<scalar_t>(nan_max(a1[c] * v, a2[c] * v));
+        }
+        continue;
+      }
       for (int64_t c = 0; c < n.C; ++c) {
         const opmath_t v = static_cast<opmath_t>(xr[c]);
         opmath_t best = sb[c] * v + tb[c];
