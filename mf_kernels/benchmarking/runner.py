@@ -22,6 +22,7 @@ import mf_kernels
 from . import builders, environment
 from .plan import BenchConfig, Row, plan_rows
 from .progress import Progress
+from .memory import CpuPeakMemory
 from .timing import cuda_synchronizer, measure
 
 SCHEMA = "mf_kernels.bench/1"
@@ -114,8 +115,11 @@ def _run_row(row: Row, config: BenchConfig,
     x = builders.build_input(config.batch, row.size, input_dtype, config.device,
                              config.channels_last)
     step = _step(model, raw, x, config)
+    cpu_memory = CpuPeakMemory()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    else:
+        cpu_memory.start()
     timing_options = dict(min_time_s=config.min_time_s, min_repeats=config.min_repeats,
                           max_repeats=config.max_repeats, warmup=config.warmup,
                           synchronize=cuda_synchronizer(config.device))
@@ -140,7 +144,9 @@ def _run_row(row: Row, config: BenchConfig,
         # the first call compiles; less one ordinary call, it is the compile time
         result["compile_s"] = max(0.0, timing.first_call_s - timing.median_s)
     result["images_per_s"] = config.batch / timing.median_s
-    result["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    # CPU: the resident-set peak above the start of the row (model and input already built).
+    result["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if cuda
+                                else cpu_memory.peak_mib())
     return result
 
 
