@@ -18,9 +18,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
+#include "attention_common.h"  // use_avx2(): the run-time instruction-set choice
 
 namespace mf_kernels {
 namespace {
@@ -34,6 +36,28 @@ template <typename T>
 inline T nan_max(T a, T b) {
   return (b > a || b != b) ? b : a;
 }
+
+// The authors' form (K = 2, no intercept) in fp32 is the hot loop of the model. The build has
+// no -march flag, so it is compiled twice: for the baseline (SSE2, 4 lanes) and, as a clone,
+// for AVX2 (8 lanes); use_avx2() picks one at run time. Both are plain loops that GCC
+// vectorises (the NaN-propagating max becomes a compare and a blend).
+#define MF_K2_LOOPS(ATTR, SUFFIX)                                                               \
+  ATTR void k2_plane_##SUFFIX(const float* x, float* y, int64_t n, float a1, float a2) {        \
+    for (int64_t i = 0; i < n; ++i) y[i] = nan_max(a1 * x[i], a2 * x[i]);                      \
+  }                                                                                             \
+  ATTR void k2_rows_##SUFFIX(const float* x, float* y, int64_t rows, int64_t n,                \
+                             const float* a1, const float* a2) {                                \
+    for (int64_t r = 0; r < rows; ++r, x += n, y += n) {                                        \
+      for (int64_t i = 0; i < n; ++i) y[i] = nan_max(a1[i] * x[i], a2[i] * x[i]);              \
+    }                                                                                           \
+  }
+MF_K2_LOOPS(, base)
+#if MF_KERNELS_HAVE_AVX2_CLONE
+MF_K2_LOOPS(__attribute__((target("avx2,fma"))), avx2)
+#define MF_K2(fn, ...) (attention::use_avx2() ? fn##_avx2(__VA_ARGS__) : fn##_base(__VA_ARGS__))
+#else
+#define MF_K2(fn, ...) fn##_base(__VA_ARGS__)
+#endif
 
 struct Shapes {
   int64_t B, C, P, K;
@@ -78,6 +102,12 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& s, const at::Tensor& 
         scalar_t* yr = yp + bc * n.P;
         const opmath_t* sk = sp + bc * K;
         const opmath_t* tk = tp + bc * K;
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (K == 2 && !has_intercept) {
+            MF_K2(k2_plane, xr, yr, n.P, sk[0], sk[1]);
+            continue;
+          }
+        }
         if (K == 2 && !has_intercept) {  // the authors' form: a tight, vectorisable loop
           const opmath_t a1 = sk[0], a2 = sk[1];
           for (int64_t p = 0; p < n.P; ++p) {
@@ -98,10 +128,23 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& s, const at::Tensor& 
   }
   // channels_last: transpose the coefficients to [B, K, C] so that c is the unit stride.
   const at::Tensor s_t = s.transpose(1, 2).contiguous();
-  const at::Tensor t_t = t.transpose(1, 2).contiguous();
+  // The K = 2 path without intercepts reads no intercepts; every other path does.
+  const bool reads_intercepts = has_intercept || K != 2;
+  const at::Tensor t_t = reads_intercepts ? t.transpose(1, 2).contiguous() : s_t;
   const opmath_t* st = s_t.const_data_ptr<opmath_t>();
   const opmath_t* tt = t_t.const_data_ptr<opmath_t>();
   at::parallel_for(0, n.B * n.P, 16, [&](int64_t begin, int64_t end) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (K == 2 && !has_intercept) {  // whole runs of rows of one sample per call
+        for (int64_t bp = begin; bp < end;) {
+          const int64_t b = bp / n.P, stop = std::min(end, (b + 1) * n.P);
+          const float* sb = st + b * 2 * n.C;
+          MF_K2(k2_rows, xp + bp * n.C, yp + bp * n.C, stop - bp, n.C, sb, sb + n.C);
+          bp = stop;
+        }
+        return;
+      }
+    }
     for (int64_t bp = begin; bp < end; ++bp) {
       const int64_t b = bp / n.P;
       const scalar_t* xr = xp + bp * n.C;
@@ -233,9 +276,12 @@ at::Tensor dynamic_relu_cpu(const at::Tensor& x, const at::Tensor& slope,
   const at::Tensor xc = x.contiguous(format);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dynamic_relu", [&] {
     const auto opmath = c10::CppTypeToScalarType<at::opmath_type<scalar_t>>::value;
-    forward_kernel<scalar_t>(xc, coefficients(slope, opmath),
-                             intercept_or_zeros(slope, intercept, opmath), y, n,
-                             format == at::MemoryFormat::ChannelsLast, intercept.has_value());
+    const at::Tensor s = coefficients(slope, opmath);
+    // Without an intercept the K = 2 paths read no intercepts: skip allocating zeros for them.
+    const at::Tensor t = intercept.has_value() || n.K != 2
+                             ? intercept_or_zeros(slope, intercept, opmath) : s;
+    forward_kernel<scalar_t>(xc, s, t, y, n, format == at::MemoryFormat::ChannelsLast,
+                             intercept.has_value());
   });
   return y;
 }
