@@ -3,8 +3,10 @@
 //   out[b,m,hc] = sum_p A[b,h,m,p] x[b,hc,p],  A = softmax_p(s <q[b,m,hc], x[b,hc,p]>),
 //   s = (C/heads)^-1/2, hc the C/heads = D channels of head h, p over the P = H*W positions.
 //
-// Backward (grad_out = dO, out = O), with the softmax statistics recomputed from x and q:
-//   delta[m] = sum_c dO[m,c] O[m,c]            (per head)
+// Backward (grad_out = dO), with the softmax statistics recomputed from x and q:
+//   delta[m] = sum_c dO[m,c] O[m,c]            (per head; O = out in fp32/fp64; in fp16/bf16 the
+//                                               fp32 output recomputed by the statistics pass,
+//                                               since the rounded out biases every dS by A eps)
 //   dS[m,p]  = A[m,p] (<dO[m], x[p]> - delta[m])
 //   grad_q   = s dS x^T,   grad_x[p] = s sum_m dS[m,p] q[m] + sum_m A[m,p] dO[m]
 //
@@ -15,7 +17,8 @@
 // unnormalised output [mt, D] accumulates in shared memory. Each block writes fp32 partials
 // (max, sum, output) and a combine kernel merges the splits. With M <= 32 tokens (the model has
 // 3 to 6) there is a single chunk and x is read once; M > 32 re-reads x once per chunk.
-// Backward: the same grid computes the statistics (log2-sum-exp per token), then one block per
+// Backward: the same grid computes the statistics (log2-sum-exp per token, and in fp16/bf16 the
+// fp32 output for delta; one warp per token row merges the splits), then one block per
 // (b, head, chunk, split) recomputes A and dS tile by tile, writes grad_x for its tile (fp32
 // atomics when there are several chunks) and accumulates grad_q in shared memory, written as
 // per-split partials and summed in a fixed order. Scores are kept in the log2 domain (exp2).
@@ -201,18 +204,45 @@ __global__ void combine_kernel(const at::opmath_type<scalar_t>* __restrict__ pma
   }
 }
 
-// lse[b, h, m] = log2 sum_p 2^(score), from the statistics partials.
-template <typename acc_t>
-__global__ void lse_kernel(const acc_t* __restrict__ pmax, const acc_t* __restrict__ psum,
-                           acc_t* __restrict__ lse, const Params p) {
+// Per token row (b, h, m), one warp each: lse = log2 sum_p 2^(score) from the statistics
+// partials, and delta = sum_c dO O over the head's channels, with O the fp32 output merged from
+// pacc when given (fp16/bf16), else the forward's out.
+template <typename scalar_t>
+__global__ void row_stats_kernel(const at::opmath_type<scalar_t>* __restrict__ pmax,
+                                 const at::opmath_type<scalar_t>* __restrict__ psum,
+                                 const at::opmath_type<scalar_t>* __restrict__ pacc,
+                                 const scalar_t* __restrict__ gout, const scalar_t* __restrict__ out,
+                                 at::opmath_type<scalar_t>* __restrict__ lse,
+                                 at::opmath_type<scalar_t>* __restrict__ delta, const Params p) {
+  using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = p.B * p.heads * p.M;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    acc_t top = -INFINITY;
-    for (int64_t s = 0; s < p.splits; ++s) top = fmax2(top, pmax[s * n + i]);
-    acc_t sum = 0;
-    for (int64_t s = 0; s < p.splits; ++s) sum += psum[s * n + i] * fexp2(pmax[s * n + i] - top);
-    lse[i] = top + flog2(sum);
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / kWarp) + threadIdx.x / kWarp;
+  if (row >= n) return;  // warp-uniform
+  const int64_t m = row % p.M, bh = row / p.M, h = bh % p.heads, b = bh / p.heads;
+  acc_t top = -INFINITY;
+  for (int64_t s = 0; s < p.splits; ++s) top = fmax2(top, pmax[s * n + row]);
+  acc_t sum = 0;
+  for (int64_t s = 0; s < p.splits; ++s) sum += psum[s * n + row] * fexp2(pmax[s * n + row] - top);
+  const int64_t o = (b * p.M + m) * p.C + h * p.D;  // [B, M, C] offset of the head's channels
+  acc_t dot = 0;
+  for (int64_t d = lane; d < p.D; d += kWarp) {
+    acc_t value;
+    if (pacc != nullptr) {
+      value = 0;
+      for (int64_t s = 0; s < p.splits; ++s) {
+        value += pacc[s * p.B * p.M * p.C + o + d] * fexp2(pmax[s * n + row] - top);
+      }
+      value /= sum;
+    } else {
+      value = static_cast<acc_t>(out[o + d]);
+    }
+    dot += static_cast<acc_t>(gout[o + d]) * value;
+  }
+  dot = warp_sum(dot);
+  if (lane == 0) {
+    lse[row] = top + flog2(sum);
+    delta[row] = dot;
   }
 }
 
@@ -221,14 +251,14 @@ inline int64_t backward_smem(int64_t mt, int64_t tp, int64_t D) {
   return 3 * mt * D + D * (tp + 1) + 2 * mt * tp + 2 * mt;
 }
 
-// Backward. lse: [B, heads, M]. grad_x: written directly (gx) with a single chunk, else added
+// Backward. lse, delta: [B, heads, M]. grad_x: written directly (gx) with a single chunk, else added
 // with atomics into gx_acc (zero-initialised, the layout of gx). pdq: [splits, B, M, C], the
 // unscaled sum_p dS x of each split.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ gout, const scalar_t* __restrict__ x,
-                    const scalar_t* __restrict__ q, const scalar_t* __restrict__ out,
-                    const at::opmath_type<scalar_t>* __restrict__ lse, const Params p,
+                    const scalar_t* __restrict__ q, const at::opmath_type<scalar_t>* __restrict__ lse,
+                    const at::opmath_type<scalar_t>* __restrict__ delta_g, const Params p,
                     scalar_t* __restrict__ gx, at::opmath_type<scalar_t>* __restrict__ gx_acc,
                     at::opmath_type<scalar_t>* __restrict__ pdq) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -261,10 +291,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   for (int m = tid; m < mt; m += nthreads) {
     lses[m] = lse[(blk.b * p.heads + blk.h) * p.M + m0 + m];
-    const int64_t o = (blk.b * p.M + m0 + m) * p.C + c0;
-    acc_t dot = 0;
-    for (int d = 0; d < D; ++d) dot += static_cast<acc_t>(gout[o + d]) * static_cast<acc_t>(out[o + d]);
-    delta[m] = dot;
+    delta[m] = delta_g[(blk.b * p.heads + blk.h) * p.M + m0 + m];
   }
 
   for (int64_t t0 = p_begin; t0 < p_end; t0 += tp) {
@@ -384,7 +411,7 @@ void launch_forward(const at::Tensor& x, const at::Tensor& q, const Params& p, a
 at::Tensor m2f_attention_cuda(const at::Tensor& x, const at::Tensor& q, int64_t heads) {
   const Inputs n = check_inputs(x, q, heads);
   if (n.B == 0 || n.M == 0 || n.C == 0 || n.P == 0) {
-    return at::zeros({n.B, n.M, n.C}, q.options().memory_format(at::MemoryFormat::Contiguous));
+    return at::zeros({n.B, n.M, n.C}, q.options());
   }
   at::Tensor out = at::empty({n.B, n.M, n.C}, q.options().memory_format(at::MemoryFormat::Contiguous));
   const DeviceContext ctx(x);
@@ -437,17 +464,27 @@ std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cuda(const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "m2f_attention_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::TensorOptions opts = x.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-    // Softmax statistics (statistics-only forward pass over x, then merged per token).
-    const Params ps = make_params<acc_t>(n, cl, false, false, ctx);
+    // Softmax statistics: a forward pass over x without the output (fp32/fp64: delta uses out)
+    // or with it (fp16/bf16: delta uses the fp32 output, not the rounded out), merged per token.
+    const bool recompute = !std::is_same<scalar_t, acc_t>::value;
+    const Params ps = make_params<acc_t>(n, cl, recompute, false, ctx);
     at::Tensor pmax = at::empty({ps.splits, n.B, n.heads, n.M}, opts);
     at::Tensor psum = at::empty({ps.splits, n.B, n.heads, n.M}, opts);
-    at::Tensor none;
-    launch_forward<scalar_t, false>(xc, qc, ps, pmax, psum, none, ctx);
+    at::Tensor pacc;
+    if (recompute) {
+      pacc = at::empty({ps.splits, n.B, n.M, n.C}, opts);
+      launch_forward<scalar_t, true>(xc, qc, ps, pmax, psum, pacc, ctx);
+    } else {
+      launch_forward<scalar_t, false>(xc, qc, ps, pmax, psum, pacc, ctx);
+    }
     at::Tensor lse = at::empty({n.B, n.heads, n.M}, opts);
-    constexpr int kSmallThreads = 256;
-    MF_LAUNCH(dim3(grid_for(lse.numel(), kSmallThreads, ctx.sms)), dim3(kSmallThreads), 0, ctx.stream,
-              lse_kernel<acc_t>)(pmax.const_data_ptr<acc_t>(), psum.const_data_ptr<acc_t>(),
-                                 lse.mutable_data_ptr<acc_t>(), ps);
+    at::Tensor delta = at::empty({n.B, n.heads, n.M}, opts);
+    constexpr int kRowThreads = 256;
+    MF_LAUNCH(dim3(static_cast<unsigned>(ceil_div(lse.numel(), kRowThreads / kWarp))), dim3(kRowThreads), 0,
+              ctx.stream, row_stats_kernel<scalar_t>)(
+        pmax.const_data_ptr<acc_t>(), psum.const_data_ptr<acc_t>(),
+        recompute ? pacc.const_data_ptr<acc_t>() : nullptr, goc.const_data_ptr<scalar_t>(),
+        oc.const_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), delta.mutable_data_ptr<acc_t>(), ps);
     MF_LAUNCH_CHECK();
 
     const Params p = make_params<acc_t>(n, cl, false, true, ctx);
@@ -458,7 +495,7 @@ std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cuda(const at::Tensor&
         gx.zero_();
         gx_acc = reinterpret_cast<acc_t*>(gx.mutable_data_ptr());
       } else {
-        gx_buffer = at::zeros(x.sizes(), opts.memory_format(format));
+        gx_buffer = at::empty(x.sizes(), opts.memory_format(format)).zero_();  // at::zeros ignores the format
         gx_acc = gx_buffer.mutable_data_ptr<acc_t>();
       }
     }
@@ -467,7 +504,7 @@ std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cuda(const at::Tensor&
     MF_LAUNCH(dim3(static_cast<unsigned>(p.B * p.heads * p.chunks * p.splits)), dim3(kThreads), smem,
               ctx.stream, backward_kernel<scalar_t>)(
         goc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
-        oc.const_data_ptr<scalar_t>(), lse.const_data_ptr<acc_t>(), p, gx.mutable_data_ptr<scalar_t>(),
+        lse.const_data_ptr<acc_t>(), delta.const_data_ptr<acc_t>(), p, gx.mutable_data_ptr<scalar_t>(),
         gx_acc, pdq.mutable_data_ptr<acc_t>());
     MF_LAUNCH_CHECK();
     if (gx_buffer.defined()) gx.copy_(gx_buffer);
