@@ -205,16 +205,11 @@ __global__ void combine_kernel(const at::opmath_type<scalar_t>* __restrict__ pma
 }
 
 // Per token row (b, h, m), one warp each: lse = log2 sum_p 2^(score) from the statistics
-// partials, and delta = sum_c dO O over the head's channels, with O the fp32 output merged from
-// pacc when given (fp16/bf16), else the forward's out.
-template <typename scalar_t>
-__global__ void row_stats_kernel(const at::opmath_type<scalar_t>* __restrict__ pmax,
-                                 const at::opmath_type<scalar_t>* __restrict__ psum,
-                                 const at::opmath_type<scalar_t>* __restrict__ pacc,
-                                 const scalar_t* __restrict__ gout, const scalar_t* __restrict__ out,
-                                 at::opmath_type<scalar_t>* __restrict__ lse,
-                                 at::opmath_type<scalar_t>* __restrict__ delta, const Params p) {
-  using acc_t = at::opmath_type<scalar_t>;
+// partials, and, when pacc is given (fp16/bf16), the fp32 output o32 [B, M, C] merged from it.
+template <typename acc_t>
+__global__ void row_stats_kernel(const acc_t* __restrict__ pmax, const acc_t* __restrict__ psum,
+                                 const acc_t* __restrict__ pacc, acc_t* __restrict__ lse,
+                                 acc_t* __restrict__ o32, const Params p) {
   const int64_t n = p.B * p.heads * p.M;
   const int lane = threadIdx.x % kWarp;
   const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / kWarp) + threadIdx.x / kWarp;
@@ -224,25 +219,15 @@ __global__ void row_stats_kernel(const at::opmath_type<scalar_t>* __restrict__ p
   for (int64_t s = 0; s < p.splits; ++s) top = fmax2(top, pmax[s * n + row]);
   acc_t sum = 0;
   for (int64_t s = 0; s < p.splits; ++s) sum += psum[s * n + row] * fexp2(pmax[s * n + row] - top);
+  if (lane == 0) lse[row] = top + flog2(sum);
+  if (pacc == nullptr) return;
   const int64_t o = (b * p.M + m) * p.C + h * p.D;  // [B, M, C] offset of the head's channels
-  acc_t dot = 0;
   for (int64_t d = lane; d < p.D; d += kWarp) {
-    acc_t value;
-    if (pacc != nullptr) {
-      value = 0;
-      for (int64_t s = 0; s < p.splits; ++s) {
-        value += pacc[s * p.B * p.M * p.C + o + d] * fexp2(pmax[s * n + row] - top);
-      }
-      value /= sum;
-    } else {
-      value = static_cast<acc_t>(out[o + d]);
+    acc_t value = 0;
+    for (int64_t s = 0; s < p.splits; ++s) {
+      value += pacc[s * p.B * p.M * p.C + o + d] * fexp2(pmax[s * n + row] - top);
     }
-    dot += static_cast<acc_t>(gout[o + d]) * value;
-  }
-  dot = warp_sum(dot);
-  if (lane == 0) {
-    lse[row] = top + flog2(sum);
-    delta[row] = dot;
+    o32[o + d] = value / sum;
   }
 }
 
@@ -251,14 +236,15 @@ inline int64_t backward_smem(int64_t mt, int64_t tp, int64_t D) {
   return 3 * mt * D + D * (tp + 1) + 2 * mt * tp + 2 * mt;
 }
 
-// Backward. lse, delta: [B, heads, M]. grad_x: written directly (gx) with a single chunk, else added
-// with atomics into gx_acc (zero-initialised, the layout of gx). pdq: [splits, B, M, C], the
-// unscaled sum_p dS x of each split.
+// Backward. lse: [B, heads, M]; delta uses o32 [B, M, C] when given, else out. grad_x: written
+// directly (gx) with a single chunk, else added with atomics into gx_acc (zero-initialised, the
+// layout of gx). pdq: [splits, B, M, C], the unscaled sum_p dS x of each split.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ gout, const scalar_t* __restrict__ x,
-                    const scalar_t* __restrict__ q, const at::opmath_type<scalar_t>* __restrict__ lse,
-                    const at::opmath_type<scalar_t>* __restrict__ delta_g, const Params p,
+                    const scalar_t* __restrict__ q, const scalar_t* __restrict__ out,
+                    const at::opmath_type<scalar_t>* __restrict__ o32,
+                    const at::opmath_type<scalar_t>* __restrict__ lse, const Params p,
                     scalar_t* __restrict__ gx, at::opmath_type<scalar_t>* __restrict__ gx_acc,
                     at::opmath_type<scalar_t>* __restrict__ pdq) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -291,7 +277,15 @@ __global__ void __launch_bounds__(kThreads)
   }
   for (int m = tid; m < mt; m += nthreads) {
     lses[m] = lse[(blk.b * p.heads + blk.h) * p.M + m0 + m];
-    delta[m] = delta_g[(blk.b * p.heads + blk.h) * p.M + m0 + m];
+    // delta = <dO, O>, summed in the order of <dO, x> below, so that both agree exactly where
+    // they should (one position: O = x and dS = 0).
+    const int64_t o = (blk.b * p.M + m0 + m) * p.C + c0;
+    acc_t dot = 0;
+    for (int d = 0; d < D; ++d) {
+      const acc_t value = o32 != nullptr ? o32[o + d] : static_cast<acc_t>(out[o + d]);
+      dot += static_cast<acc_t>(gout[o + d]) * value;  // dos[] is not complete yet
+    }
+    delta[m] = dot;
   }
 
   for (int64_t t0 = p_begin; t0 < p_end; t0 += tp) {
@@ -478,13 +472,13 @@ std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cuda(const at::Tensor&
       launch_forward<scalar_t, false>(xc, qc, ps, pmax, psum, pacc, ctx);
     }
     at::Tensor lse = at::empty({n.B, n.heads, n.M}, opts);
-    at::Tensor delta = at::empty({n.B, n.heads, n.M}, opts);
+    at::Tensor o32 = recompute ? at::empty({n.B, n.M, n.C}, opts) : at::Tensor();
     constexpr int kRowThreads = 256;
     MF_LAUNCH(dim3(static_cast<unsigned>(ceil_div(lse.numel(), kRowThreads / kWarp))), dim3(kRowThreads), 0,
-              ctx.stream, row_stats_kernel<scalar_t>)(
+              ctx.stream, row_stats_kernel<acc_t>)(
         pmax.const_data_ptr<acc_t>(), psum.const_data_ptr<acc_t>(),
-        recompute ? pacc.const_data_ptr<acc_t>() : nullptr, goc.const_data_ptr<scalar_t>(),
-        oc.const_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(), delta.mutable_data_ptr<acc_t>(), ps);
+        recompute ? pacc.const_data_ptr<acc_t>() : nullptr, lse.mutable_data_ptr<acc_t>(),
+        recompute ? o32.mutable_data_ptr<acc_t>() : nullptr, ps);
     MF_LAUNCH_CHECK();
 
     const Params p = make_params<acc_t>(n, cl, false, true, ctx);
@@ -504,7 +498,8 @@ std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cuda(const at::Tensor&
     MF_LAUNCH(dim3(static_cast<unsigned>(p.B * p.heads * p.chunks * p.splits)), dim3(kThreads), smem,
               ctx.stream, backward_kernel<scalar_t>)(
         goc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
-        lse.const_data_ptr<acc_t>(), delta.const_data_ptr<acc_t>(), p, gx.mutable_data_ptr<scalar_t>(),
+        oc.const_data_ptr<scalar_t>(), recompute ? o32.const_data_ptr<acc_t>() : nullptr,
+        lse.const_data_ptr<acc_t>(), p, gx.mutable_data_ptr<scalar_t>(),
         gx_acc, pdq.mutable_data_ptr<acc_t>());
     MF_LAUNCH_CHECK();
     if (gx_buffer.defined()) gx.copy_(gx_buffer);
