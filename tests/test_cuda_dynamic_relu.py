@@ -24,6 +24,9 @@ SHAPES = [(2, 24, 14, 14), (1, 3, 5, 7), (3, 16, 9, 8), (2, 40, 1, 1)]
 PIECES = [(2, False), (1, True), (3, True), (5, False)]  # (K, with intercept); K = 5: two passes
 
 
+pytestmark = pytest.mark.gpu
+
+
 @pytest.fixture
 def cuda():
     return require_cuda()

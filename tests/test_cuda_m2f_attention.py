@@ -32,6 +32,9 @@ CASES = [
 LARGE = [(2, 64, 56, 56, 6, 2), (1, 40, 28, 28, 40, 2), (4, 192, 14, 14, 6, 2)]
 
 
+pytestmark = pytest.mark.gpu
+
+
 @pytest.fixture
 def cuda():
     return require_cuda()
