@@ -32,6 +32,53 @@ inline void check_heads(int64_t heads, int64_t channels, const char* x_name) {
               " channels, which is not divisible by heads=", heads);
 }
 
+// A [B, M, C] token tensor that must agree with x [B, C, H, W] in B and C.
+inline void check_tokens(const at::Tensor& x, const at::Tensor& t, const char* name) {
+  check_rank(t, name, 3, "[B, M, C]");
+  check_same(x, t, "x", name);
+  TORCH_CHECK_VALUE(t.size(0) == x.size(0) && t.size(2) == x.size(1), name,
+                    ": expected shape [B, M, C] = [", x.size(0), ", M, ", x.size(1),
+                    "] to match x ", x.sizes(), ", got ", t.sizes());
+}
+
+// The arguments of each op, checked the same way by every backend.
+inline void check_dynamic_relu_args(const at::Tensor& x, const at::Tensor& slope,
+                                    const c10::optional<at::Tensor>& intercept) {
+  check_rank(x, "x", 4, "[B, C, H, W]");
+  check_float(x, "x");
+  check_rank(slope, "slope", 3, "[B, C, K]");
+  check_same(x, slope, "x", "slope");
+  TORCH_CHECK_VALUE(slope.size(0) == x.size(0) && slope.size(1) == x.size(1),
+                    "slope: expected shape [B, C, K] = [", x.size(0), ", ", x.size(1),
+                    ", K] to match x ", x.sizes(), ", got ", slope.sizes());
+  TORCH_CHECK_VALUE(slope.size(2) >= 1, "slope: expected at least one piece (K >= 1), got K = 0");
+  if (intercept.has_value()) {
+    check_rank(*intercept, "intercept", 3, "[B, C, K]");
+    check_same(x, *intercept, "x", "intercept");
+    TORCH_CHECK_VALUE(intercept->sizes() == slope.sizes(),
+                      "intercept: expected the shape of slope ", slope.sizes(), ", got ",
+                      intercept->sizes());
+  }
+}
+
+inline void check_m2f_attention_args(const at::Tensor& x, const at::Tensor& q, int64_t heads) {
+  check_rank(x, "x", 4, "[B, C, H, W]");
+  check_float(x, "x");
+  check_heads(heads, x.size(1), "x");
+  check_tokens(x, q, "q");
+}
+
+inline void check_f2m_attention_args(const at::Tensor& x, const at::Tensor& k,
+                                     const at::Tensor& v, int64_t heads) {
+  check_rank(x, "x", 4, "[B, C, H, W]");
+  check_float(x, "x");
+  check_heads(heads, x.size(1), "x");
+  check_tokens(x, k, "k");
+  check_tokens(x, v, "v");
+  TORCH_CHECK_VALUE(v.sizes() == k.sizes(), "v: expected the shape of k ", k.sizes(), ", got ",
+                    v.sizes());
+}
+
 // Output layout rule shared with the fake implementations: channels_last when the input is
 // channels_last (and not also plain contiguous), else contiguous NCHW.
 inline at::MemoryFormat output_format(const at::Tensor& x) {

@@ -134,20 +134,6 @@ inline at::Tensor feature_map(const at::Tensor& t, const at::Tensor& x) {
   return t.contiguous(output_format(x));
 }
 
-inline void check_tokens(const at::Tensor& x, const at::Tensor& t, const char* name) {
-  check_rank(t, name, 3, "[B, M, C]");
-  check_same(x, t, "x", name);
-  TORCH_CHECK_VALUE(t.size(0) == x.size(0) && t.size(2) == x.size(1), name,
-                    ": expected shape [B, M, C] = [", x.size(0), ", M, ", x.size(1),
-                    "] to match x ", x.sizes(), ", got ", t.sizes());
-}
-
-inline void check_feature_map(const at::Tensor& x, int64_t heads) {
-  check_rank(x, "x", 4, "[B, C, H, W]");
-  check_float(x, "x");
-  check_heads(heads, x.size(1), "x");
-}
-
 }  // namespace attention
 }  // namespace mf_kernels
 

@@ -46,11 +46,7 @@ MF_KERNELS_END_AVX2
 using attention::Problem;
 
 void check_inputs(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v, int64_t heads) {
-  attention::check_feature_map(x, heads);
-  attention::check_tokens(x, k, "k");
-  attention::check_tokens(x, v, "v");
-  TORCH_CHECK_VALUE(v.sizes() == k.sizes(), "v: expected the shape of k ", k.sizes(), ", got ",
-                    v.sizes());
+  check_f2m_attention_args(x, k, v, heads);
 }
 
 at::Tensor f2m_attention_cpu(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v,

@@ -47,8 +47,7 @@ MF_KERNELS_END_AVX2
 using attention::Problem;
 
 void check_inputs(const at::Tensor& x, const at::Tensor& q, int64_t heads) {
-  attention::check_feature_map(x, heads);
-  attention::check_tokens(x, q, "q");
+  check_m2f_attention_args(x, q, heads);
 }
 
 // Merges the chunks of each (b, head): with the overall max mx*, the chunk weights are

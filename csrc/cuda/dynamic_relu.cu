@@ -35,20 +35,7 @@ struct Shapes {
 
 Shapes check_inputs(const at::Tensor& x, const at::Tensor& slope,
                     const c10::optional<at::Tensor>& intercept) {
-  check_rank(x, "x", 4, "[B, C, H, W]");
-  check_float(x, "x");
-  check_rank(slope, "slope", 3, "[B, C, K]");
-  check_same(x, slope, "x", "slope");
-  TORCH_CHECK_VALUE(slope.size(0) == x.size(0) && slope.size(1) == x.size(1),
-                    "slope: expected shape [B, C, K] = [", x.size(0), ", ", x.size(1),
-                    ", K] to match x ", x.sizes(), ", got ", slope.sizes());
-  TORCH_CHECK_VALUE(slope.size(2) >= 1, "slope: expected at least one piece (K >= 1), got K = 0");
-  if (intercept.has_value()) {
-    check_rank(*intercept, "intercept", 3, "[B, C, K]");
-    check_same(x, *intercept, "x", "intercept");
-    TORCH_CHECK_VALUE(intercept->sizes() == slope.sizes(), "intercept: expected the shape of slope ",
-                      slope.sizes(), ", got ", intercept->sizes());
-  }
+  check_dynamic_relu_args(x, slope, intercept);
   return {x.size(0), x.size(1), x.size(2) * x.size(3), slope.size(2)};
 }
 

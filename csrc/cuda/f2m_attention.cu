@@ -384,21 +384,8 @@ struct Inputs {
   int64_t B, C, P, M, heads;
 };
 
-void check_tokens(const at::Tensor& x, const at::Tensor& t, const char* name) {
-  check_rank(t, name, 3, "[B, M, C]");
-  check_same(x, t, "x", name);
-  TORCH_CHECK_VALUE(t.size(0) == x.size(0) && t.size(2) == x.size(1), name,
-                    ": expected shape [B, M, C] = [", x.size(0), ", M, ", x.size(1), "] to match x ",
-                    x.sizes(), ", got ", t.sizes());
-}
-
 Inputs check_inputs(const at::Tensor& x, const at::Tensor& k, const at::Tensor& v, int64_t heads) {
-  check_rank(x, "x", 4, "[B, C, H, W]");
-  check_float(x, "x");
-  check_tokens(x, k, "k");
-  check_tokens(x, v, "v");
-  TORCH_CHECK_VALUE(v.sizes() == k.sizes(), "v: expected the shape of k ", k.sizes(), ", got ", v.sizes());
-  check_heads(heads, x.size(1), "x");
+  check_f2m_attention_args(x, k, v, heads);
   return {x.size(0), x.size(1), x.size(2) * x.size(3), k.size(1), heads};
 }
 

@@ -353,13 +353,7 @@ struct Inputs {
 };
 
 Inputs check_inputs(const at::Tensor& x, const at::Tensor& q, int64_t heads) {
-  check_rank(x, "x", 4, "[B, C, H, W]");
-  check_float(x, "x");
-  check_rank(q, "q", 3, "[B, M, C]");
-  check_same(x, q, "x", "q");
-  TORCH_CHECK_VALUE(q.size(0) == x.size(0) && q.size(2) == x.size(1), "q: expected shape [B, M, C] = [",
-                    x.size(0), ", M, ", x.size(1), "] to match x ", x.sizes(), ", got ", q.sizes());
-  check_heads(heads, x.size(1), "x");
+  check_m2f_attention_args(x, q, heads);
   return {x.size(0), x.size(1), x.size(2) * x.size(3), q.size(1), heads};
 }
 
