@@ -140,7 +140,9 @@ def test_train_mode_smoke(tmp_path):
     assert "frozen" not in {r["kind"] for r in record["results"]}  # inference-only
     timed = [r for r in record["results"] if "error" not in r]
     assert timed[0]["kind"] == "reference"
-    assert all(r["images_per_s"] > 0 and r["peak_memory_mb"] is None for r in timed)
+    assert all(r["images_per_s"] > 0 for r in timed)
+    # On Linux the CPU peak is the resident-set high-water mark above the row's start.
+    assert all(r["peak_memory_mb"] is not None and r["peak_memory_mb"] >= 0 for r in timed)
 
 
 def test_default_plan_is_the_issues_table():
