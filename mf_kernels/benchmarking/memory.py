@@ -3,13 +3,31 @@
 torch's CPU allocator keeps no peak statistics, so we read the process's resident-set
 high-water mark: writing "5" to /proc/self/clear_refs resets VmHWM to the current RSS, and
 VmHWM after the run, less the RSS at the reset, is the extra memory the run touched at its
-peak (activations, gradients, optimizer state). Large tensors are mmap-ed and returned to the
-system when freed, so the figure is not inflated by allocator caching.
+peak (activations, gradients, optimizer state).
+
+glibc raises its mmap threshold after large blocks are freed and then keeps freed memory
+resident, so a later row would start from an inflated RSS and read a small peak. start()
+therefore pins the threshold at 128 KiB (mallopt; every large tensor is then mmap-ed and
+returned on free) and trims the heap before taking the baseline.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import sys
 from typing import Optional
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+_MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def _release_freed_memory() -> None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the figure may then be an underestimate
+        pass
 
 
 def _status_kib(field: str) -> int:
@@ -29,6 +47,7 @@ class CpuPeakMemory:
     def start(self) -> None:
         if not sys.platform.startswith("linux"):
             return
+        _release_freed_memory()
         try:
             with open("/proc/self/clear_refs", "w") as clear_refs:
                 clear_refs.write("5")

@@ -123,7 +123,7 @@ def _run_row(row: Row, config: BenchConfig,
     cpu_memory = CpuPeakMemory()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    else:
+    elif config.mode == "train":  # memory is reported for training steps
         cpu_memory.start()
     timing_options = dict(min_time_s=config.min_time_s, min_repeats=config.min_repeats,
                           max_repeats=config.max_repeats, warmup=config.warmup,
