@@ -21,39 +21,12 @@
 // written as per-split fp32 partials and summed in a fixed order. Scores are in the log2 domain.
 #include <torch/library.h>
 
+#include "attention.cuh"
 #include "common.cuh"
 
 namespace mf_kernels {
 namespace cuda_kernels {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr double kLog2e = 1.4426950408889634;
-
-struct Params {
-  int64_t B, C, P, M, heads, D;
-  int64_t mt, tp;             // tokens per chunk, positions per tile
-  int64_t chunks;             // ceil(M / mt)
-  int64_t splits, split_len;  // position splits (backward; the forward has one tile per block)
-  double scale;               // s = D^-1/2
-  bool cl;                    // x, grad_y, y, grad_x channels_last, else contiguous NCHW
-};
-
-__device__ __forceinline__ int64_t x_offset(const Params& p, int64_t b, int64_t c, int64_t pos) {
-  return p.cl ? (b * p.P + pos) * p.C + c : (b * p.C + c) * p.P + pos;
-}
-
-// Element i of a [D, tp] tile -> (d, t): t fastest for NCHW, d fastest for channels_last, so
-// that consecutive threads touch consecutive global addresses.
-__device__ __forceinline__ void tile_coords(const Params& p, int i, int D, int tp, int& d, int& t) {
-  if (p.cl) {
-    t = i / D;
-    d = i - t * D;
-  } else {
-    d = i / tp;
-    t = i - d * tp;
-  }
-}
 
 // Loads the tile of positions t0 .. t0+valid-1 of channels c0 .. c0+D-1 into dst [D][tp + 1]
 // (zeros past valid).
