@@ -12,8 +12,7 @@ from torch import Tensor
 from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensorMode
 
-from ..ops._checks import (check_float, check_heads, check_rank, check_tokens,
-                           output_memory_format)
+from ..ops._checks import check_float, output_memory_format
 
 # Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when these modules are
 # imported; reading it once here keeps this module consistent with the kernels.
@@ -24,7 +23,7 @@ TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # log2(e): the kernels run softmax on exp2, folding log2(e) into the score scale.
 LOG2E = 1.4426950408889634
 
-__all__ = ["INTERPRETED", "LOG2E", "check_device_and_dtype", "check_attention", "launchable",
+__all__ = ["INTERPRETED", "LOG2E", "check_device_and_dtype", "launchable",
            "feature_map_strides", "empty_feature_map", "on_device", "opaque_under_interpreter",
            "pow2", "softmax_scale", "target_programs"]
 
@@ -39,18 +38,6 @@ def check_device_and_dtype(x: Tensor, name: str = "x") -> None:
         return
     raise ValueError(f"{name}: the triton backend takes CUDA tensors (CPU tensors only under "
                      f"TRITON_INTERPRET=1), got a tensor on {x.device}")
-
-
-def check_attention(x: Tensor, tokens: Tuple[Tuple[Tensor, str], ...], heads: int) -> None:
-    """The checks of m2f/f2m: x [B, C, H, W], each token tensor [B, M, C], heads divides C."""
-    check_rank(x, "x", 4, "[B, C, H, W]")
-    check_device_and_dtype(x)
-    for t, name in tokens:
-        check_tokens(x, t, name)
-    if len(tokens) == 2 and tokens[0][0].shape != tokens[1][0].shape:
-        raise ValueError(f"{tokens[1][1]}: expected the shape of {tokens[0][1]} "
-                         f"{tuple(tokens[0][0].shape)}, got {tuple(tokens[1][0].shape)}")
-    check_heads(heads, x.shape[1])
 
 
 def launchable(t: Tensor) -> bool:

@@ -23,7 +23,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from ._common import (LOG2E, check_attention, empty_feature_map, feature_map_strides, launchable,
+from ..ops._checks import check_f2m_attention
+from ._common import (LOG2E, check_device_and_dtype, empty_feature_map, feature_map_strides, launchable,
                       on_device, opaque_under_interpreter, pow2, softmax_scale, target_programs)
 
 # Elements of one [D, BLOCK_P] tile and warps per program. The backward holds three tiles
@@ -227,5 +228,6 @@ opaque_under_interpreter(_f2m_attention_backward_op)
 def f2m_attention(x: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     """Former->Mobile attention on Triton: x [B, C, H, W] (fp32, fp16 or bf16), k, v [B, M, C];
     returns y [B, C, H, W] in x's layout. Semantics of ``mobileformer.functional.f2m_attention``."""
-    check_attention(x, ((k, "k"), (v, "v")), heads)
+    check_f2m_attention(x, k, v, heads)
+    check_device_and_dtype(x)
     return torch.ops.mf_kernels.triton_f2m_attention(x, k, v, heads)

@@ -25,7 +25,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from ._common import (LOG2E, check_attention, empty_feature_map, feature_map_strides, launchable,
+from ..ops._checks import check_m2f_attention
+from ._common import (LOG2E, check_device_and_dtype, empty_feature_map, feature_map_strides, launchable,
                       on_device, opaque_under_interpreter, pow2, softmax_scale, target_programs)
 
 # Positions per split; None picks enough splits to fill the device. Tests set it (and the
@@ -299,5 +300,6 @@ opaque_under_interpreter(_m2f_attention_backward_op)
 def m2f_attention(x: Tensor, q: Tensor, heads: int) -> Tensor:
     """Mobile->Former attention on Triton: x [B, C, H, W] (fp32, fp16 or bf16), q [B, M, C];
     returns out [B, M, C] (contiguous). Semantics of ``mobileformer.functional.m2f_attention``."""
-    check_attention(x, ((q, "q"),), heads)
+    check_m2f_attention(x, q, heads)
+    check_device_and_dtype(x)
     return torch.ops.mf_kernels.triton_m2f_attention(x, q, heads)
