@@ -48,6 +48,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "with --figure5)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                         default=None, help="default: on for --device cuda --mode train")
+    parser.add_argument("--runtimes", nargs="+", default=None, metavar="RUNTIME",
+                        help="runtimes that run the exported reference beside our rows: "
+                             + ", ".join(plan.RUNTIMES) + " or none (default: both; "
+                             "--figure5: onnxruntime); skipped with the reason when their "
+                             "packages are missing")
     parser.add_argument("--figure5", action="store_true",
                         help="latency against image size, MF-214M against MobileNetV3-Large")
     parser.add_argument("--out", default=None, metavar="DIR",
@@ -98,13 +103,24 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
     dtype = args.dtype or ("bf16" if cuda_train else "fp32")
     channels_last = args.channels_last if args.channels_last is not None else cuda_train
     compile_ = args.compile if args.compile is not None else not args.figure5
+    runtimes = _split(args.runtimes) or list(
+        plan.FIGURE5_RUNTIMES if args.figure5 else plan.RUNTIMES)
+    if "none" in runtimes:
+        if len(runtimes) > 1:
+            parser.error(f"--runtimes: 'none' cannot be combined with others, got {runtimes}")
+        runtimes = []
+    for runtime in runtimes:
+        if runtime not in plan.RUNTIMES:
+            parser.error(f"--runtimes: expected {', '.join(plan.RUNTIMES)} or none, "
+                         f"got {runtime!r}")
     return plan.BenchConfig(
         device=args.device, threads=args.threads, batch=batch, variants=tuple(variants),
         sizes=tuple(sizes), dtype=dtype, mode=args.mode, compile=compile_,
         figure5=args.figure5, channels_last=channels_last, optimizer=args.optimizer,
         min_time_s=args.min_time, min_repeats=args.min_repeats, warmup=args.warmup,
         mobilenet_widths=plan.FIGURE5_MOBILENET_WIDTHS if args.figure5
-        else plan.MOBILENET_WIDTHS, progress=not args.no_progress)
+        else plan.MOBILENET_WIDTHS, runtimes=tuple(dict.fromkeys(runtimes)),
+        progress=not args.no_progress)
 
 
 def default_out_dir() -> str:
@@ -157,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench = commands.add_parser(
         "bench", help="time reference, accelerated and compiled models against MobileNetV3",
-        description="With no arguments: CPU, 1 thread, batch 1, MF-214M and MF-294M at 224 px.")
+        description="With no arguments: CPU, 1 thread, batch 1, MF-214M and MF-294M at 224 px, "
+                    "with ONNX Runtime and OpenVINO running the exported reference when "
+                    "installed.")
     add_bench_arguments(bench)
     bench.set_defaults(subparser=bench)  # so that errors name the subcommand
     comparison = commands.add_parser(

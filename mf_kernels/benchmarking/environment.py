@@ -13,6 +13,8 @@ from typing import Dict, Optional
 
 import torch
 
+from . import isa, runtimes
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -97,6 +99,8 @@ def describe(device: str, threads: int) -> Dict[str, object]:
         "torch_cuda_build": torch.version.cuda,
         "backends": backend_choice(device),
         "device": device,
+        "cpu_isa": isa.kernels_isa(),  # which instruction-set path the C++ CPU kernels take
+        "runtimes": runtimes.versions(),  # ONNX Runtime, OpenVINO and the exporter's packages
     }
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
@@ -110,10 +114,16 @@ def one_line(env: Dict[str, object]) -> str:
     git = env.get("git") or {}
     commit = str(git.get("commit", "unknown"))[:10] + (" (dirty)" if git.get("dirty") else "")
     machine = env["gpu"] if env.get("device") == "cuda" else env["cpu"]
+    cpu_isa = env.get("cpu_isa") or {}
+    kernels = cpu_isa.get("kernels", "unknown") + (
+        "" if "cpu_isa()" in str(cpu_isa.get("source")) else " (estimated)")
+    installed = [f"{name} {version}" for name, version in (env.get("runtimes") or {}).items()
+                 if version and name in ("onnxruntime", "openvino")]
     return (f"{machine} | {env['logical_cpus']} logical CPUs ({env['cpus_usable']} usable), "
             f"load {env['load_average_at_start']} | {env['threads']} thread(s) | "
             f"python {env['python']}, torch {env['torch']}, torchvision {env['torchvision']}, "
-            f"mf_kernels {env['mf_kernels']} @ {commit}")
+            f"mf_kernels {env['mf_kernels']} @ {commit}, C++ CPU kernels: {kernels}"
+            + (" | " + ", ".join(installed) if installed else ""))
 
 
 __all__ = ["describe", "one_line", "cpu_model", "git_commit", "load_average", "backend_choice"]

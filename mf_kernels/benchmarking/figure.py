@@ -3,6 +3,10 @@
 Mobile-Former's token side costs the same at every image size while its convolutions grow with
 the pixels, so it gains on MobileNetV3 as images grow; the size where the accelerated model's
 curve crosses MobileNetV3's is the figure's point and is marked on it.
+
+With ONNX Runtime rows in the record (the default), the figure also draws both models exported
+and run by ONNX Runtime, and reports where each of our paths (accelerated, frozen) crosses
+MobileNetV3-Large run by ONNX Runtime: the fastest way a user could deploy the competitor.
 """
 from __future__ import annotations
 
@@ -39,15 +43,39 @@ def find_crossover(sizes: Sequence[int], ours: Sequence[float],
     return found[0] if found else None
 
 
+ACCELERATED = "Mobile-Former accelerated (eager)"
+FROZEN = "Mobile-Former accelerated + frozen (eager)"
+MOBILENET = "MobileNetV3-Large 1.0x (eager)"
+MOBILENET_ORT = "MobileNetV3-Large 1.0x (ONNX Runtime)"
+# (color, marker, line style) of each curve; runtimes dash-dotted (ORT) or dotted (OpenVINO)
+STYLES = {
+    "Mobile-Former reference (eager)": ("tab:gray", "o", "-"),
+    "Mobile-Former reference (torch.compile)": ("tab:gray", "s", "--"),
+    ACCELERATED: ("tab:blue", "o", "-"),
+    "Mobile-Former accelerated (torch.compile)": ("tab:blue", "s", "--"),
+    FROZEN: ("tab:green", "D", "-"),
+    "Mobile-Former reference (ONNX Runtime)": ("tab:purple", "v", "-."),
+    "Mobile-Former reference (OpenVINO)": ("tab:brown", "v", ":"),
+    MOBILENET: ("tab:orange", "^", "-"),
+    MOBILENET_ORT: ("tab:orange", "v", "-."),
+    "MobileNetV3-Large 1.0x (OpenVINO)": ("tab:olive", "v", ":"),
+}
+
+
 def series_from_record(record: Dict, variant: str) -> Dict[str, Series]:
     """label -> [(size, median ms, first quartile, third quartile)] for the drawn rows."""
+    mobilenet = "mobilenet_v3_large_1.0x"
     wanted = {
         (variant, "reference", False): "Mobile-Former reference (eager)",
         (variant, "reference", True): "Mobile-Former reference (torch.compile)",
-        (variant, "accelerated", False): "Mobile-Former accelerated (eager)",
+        (variant, "accelerated", False): ACCELERATED,
         (variant, "accelerated", True): "Mobile-Former accelerated (torch.compile)",
-        (variant, "frozen", False): "Mobile-Former accelerated + frozen (eager)",
-        ("mobilenet_v3_large_1.0x", "mobilenetv3", False): "MobileNetV3-Large 1.0x (eager)",
+        (variant, "frozen", False): FROZEN,
+        (variant, "onnxruntime", False): "Mobile-Former reference (ONNX Runtime)",
+        (variant, "openvino", False): "Mobile-Former reference (OpenVINO)",
+        (mobilenet, "mobilenetv3", False): MOBILENET,
+        (mobilenet, "onnxruntime", False): MOBILENET_ORT,
+        (mobilenet, "openvino", False): "MobileNetV3-Large 1.0x (OpenVINO)",
     }
     series: Dict[str, Series] = {}
     for r in record["results"]:
@@ -59,26 +87,32 @@ def series_from_record(record: Dict, variant: str) -> Dict[str, Series]:
     return {label: sorted(points) for label, points in series.items()}
 
 
-def crossover_from_series(series: Dict[str, Series], variant: str) -> Dict[str, object]:
-    ours = {p[0]: p[1] for p in series.get("Mobile-Former accelerated (eager)", [])}
-    theirs = {p[0]: p[1] for p in series.get("MobileNetV3-Large 1.0x (eager)", [])}
+def crossover_from_series(series: Dict[str, Series], variant: str, ours_label: str = ACCELERATED,
+                          theirs_label: str = MOBILENET) -> Dict[str, object]:
+    """Where the curve ``ours_label`` crosses ``theirs_label``, with a sentence for the report."""
+    ours = {p[0]: p[1] for p in series.get(ours_label, [])}
+    theirs = {p[0]: p[1] for p in series.get(theirs_label, [])}
     sizes = sorted(set(ours) & set(theirs))
     found = find_crossovers(sizes, [ours[s] for s in sizes], [theirs[s] for s in sizes])
-    name = "MF-" + variant.split("_")[-1].upper()
-    block: Dict[str, object] = {"crossovers": [[round(size, 1), way] for size, way in found]}
+    path = "accelerated + frozen" if ours_label == FROZEN else "accelerated"
+    name = f"{path} MF-" + variant.split("_")[-1].upper()
+    them = theirs_label.replace(" (eager)", "").replace(" (ONNX Runtime)",
+                                                        " under ONNX Runtime")
+    block: Dict[str, object] = {"ours": ours_label, "theirs": theirs_label,
+                                "crossovers": [[round(size, 1), way] for size, way in found]}
     if not sizes:
         return {**block, "crossover_size": None, "crossover_direction": None,
-                "crossover_note": "no crossover in range (nothing measured)"}
+                "crossover_note": f"{name} against {them}: no crossover in range "
+                                  "(nothing measured)"}
     if not found:
         faster = ours[sizes[0]] < theirs[sizes[0]]
-        note = (f"no crossover in range ({sizes[0]}-{sizes[-1]} px): accelerated {name} is "
-                f"{'faster' if faster else 'slower'} than MobileNetV3-Large 1.0x at every "
-                "measured size")
+        note = (f"no crossover in range ({sizes[0]}-{sizes[-1]} px): {name} is "
+                f"{'faster' if faster else 'slower'} than {them} at every measured size")
         return {**block, "crossover_size": None, "crossover_direction": None,
                 "crossover_note": note}
     size, direction = found[0]
-    note = (f"crossover at {size:.0f} px: from there accelerated {name} is {direction} than "
-            "MobileNetV3-Large 1.0x (linear interpolation between measured sizes)")
+    note = (f"crossover at {size:.0f} px: from there {name} is {direction} than {them} "
+            "(linear interpolation between measured sizes)")
     if len(found) > 1:
         note += (f"; the curves cross {len(found)} times in all (at "
                  + ", ".join(f"{s:.0f}" for s, _ in found)
@@ -87,24 +121,17 @@ def crossover_from_series(series: Dict[str, Series], variant: str) -> Dict[str, 
             "crossover_note": note}
 
 
-def plot(series: Dict[str, Series], crossover: Dict[str, object], path: str,
-         title: str) -> str:
+def plot(series: Dict[str, Series], crossover: Dict[str, object], path: str, title: str,
+         against_ort: Sequence[Dict[str, object]] = ()) -> str:
     """Draw the figure as a PNG (matplotlib's Agg backend: no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    styles = {"frozen (eager)": ("tab:green", "D", "-"),
-              "reference (eager)": ("tab:gray", "o", "-"),
-              "reference (torch.compile)": ("tab:gray", "s", "--"),
-              "accelerated (eager)": ("tab:blue", "o", "-"),
-              "accelerated (torch.compile)": ("tab:blue", "s", "--"),
-              "MobileNetV3": ("tab:orange", "^", "-")}
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
     for label, points in series.items():
-        color, marker, line = next((v for k, v in styles.items() if k in label),
-                                   ("black", "x", ":"))
+        color, marker, line = STYLES.get(label, ("black", "x", ":"))
         sizes, ms, q1, q3 = (list(column) for column in zip(*points))
         # error bars: the interquartile range of the repeats, the spread the median hides
         spread = [[m - lo for m, lo in zip(ms, q1)], [hi - m for m, hi in zip(ms, q3)]]
@@ -116,9 +143,20 @@ def plot(series: Dict[str, Series], crossover: Dict[str, object], path: str,
         ax.annotate(f"{size:.0f} px", xy=(size, 1.0), xycoords=("data", "axes fraction"),
                     xytext=(3, -12 - 11 * index), textcoords="offset points", color="tab:red",
                     fontsize=8)  # staggered: noisy curves can cross at nearby sizes
+    marked = len(crossover.get("crossovers") or [])
+    for block in against_ort:  # our paths against MobileNetV3 under ONNX Runtime
+        color = STYLES[block["ours"]][0]
+        for index, (size, _) in enumerate(block.get("crossovers") or []):
+            ax.axvline(size, color=color, linestyle="-.", linewidth=1.0,
+                       label=(f"crossover ({block['ours'].split('Mobile-Former ')[-1]} vs "
+                              "MobileNetV3 under ORT)") if index == 0 else None)
+            ax.annotate(f"{size:.0f} px", xy=(size, 0.0), xycoords=("data", "axes fraction"),
+                        xytext=(3, 4 + 11 * marked), textcoords="offset points", color=color,
+                        fontsize=8)
+            marked += 1
     if not crossover.get("crossovers"):
-        ax.text(0.98, 0.03, "no crossover in range", transform=ax.transAxes,
-                color="tab:red", ha="right", va="bottom")
+        ax.text(0.98, 0.03, "no crossover in range (accelerated vs MobileNetV3, eager)",
+                transform=ax.transAxes, color="tab:red", ha="right", va="bottom", fontsize=8)
     all_sizes = sorted({point[0] for points in series.values() for point in points})
     ax.set_xticks(all_sizes)
     ax.set_xlabel("image size (px, square)")
@@ -139,11 +177,15 @@ def make_figure5(record: Dict, path: str) -> Dict[str, object]:
     variant = record["config"]["variants"][0]
     series = series_from_record(record, variant)
     crossover = crossover_from_series(series, variant)
+    # both of our paths against MobileNetV3 under ONNX Runtime, when the figure has that curve
+    against_ort = [crossover_from_series(series, variant, ours, MOBILENET_ORT)
+                   for ours in (ACCELERATED, FROZEN) if ours in series and MOBILENET_ORT in series]
     env, config = record["environment"], record["config"]
     machine = env.get("gpu") if config["device"] == "cuda" else env.get("cpu")
     title = (f"{variant} vs MobileNetV3-Large, batch {config['batch']}, {config['dtype']}, "
              f"{config['threads']} thread(s)\n{machine}, load average at start "
              f"{env.get('load_average_at_start')}; bars: interquartile range")
-    plot(series, crossover, path, title)
+    plot(series, crossover, path, title, against_ort)
     return {"png": os.path.basename(path), "variant": variant,
-            "series": {k: [list(p) for p in v] for k, v in series.items()}, **crossover}
+            "series": {k: [list(p) for p in v] for k, v in series.items()}, **crossover,
+            "against_ort": against_ort}

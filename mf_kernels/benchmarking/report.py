@@ -18,10 +18,17 @@ def _number(value: Optional[float], digits: int = 2, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:.{digits}f}{suffix}"
 
 
+def _has_ort(record: Dict) -> bool:
+    """Whether an ONNX Runtime row was timed: then every row gets a "vs ORT" ratio."""
+    return any(r.get("ratio_to_ort") is not None for r in record["results"])
+
+
 def _columns(record: Dict) -> List[str]:
     train = record["config"]["mode"] == "train"
     cuda = record["config"]["device"] == "cuda"
     headers = ["model", "size", "row", "median ms", "IQR ms", "min-max ms", "vs eager ref"]
+    if _has_ort(record):
+        headers.append("vs ORT")
     if train:
         headers.append("images/s")
     if train or cuda:
@@ -46,6 +53,8 @@ def table_rows(record: Dict) -> List[List[str]]:
         cells = [r["model"], str(r["size"]), r["label"], _number(r["median_ms"]),
                  _number(r["iqr_ms"]), f"{r['min_ms']:.2f}-{r['max_ms']:.2f}",
                  _number(ratio, 2, "x")]
+        if "vs ORT" in headers:
+            cells.append(_number(r.get("ratio_to_ort"), 2, "x"))
         if "images/s" in headers:
             cells.append(_number(r.get("images_per_s"), 1))
         if "peak MiB" in headers:
@@ -89,10 +98,16 @@ def notes(record: Dict) -> List[str]:
            + f", on {config['device']}; timing: {record['timing_method']}.",
            "'vs eager ref' is the row's median over the eager reference's of the same variant "
            f"(below 1x is faster); MobileNetV3 rows are against {config['variants'][0]}'s."]
+    if _has_ort(record):
+        out.append("'vs ORT' is the row's median over ONNX Runtime's running the same variant "
+                   "exported (below 1x is faster than ORT); MobileNetV3 rows are against "
+                   f"{config['variants'][0]}'s.")
+    out += runtime_notes(record)
     if parity["gated"]:
         verdict = "PASS" if parity["ok"] else "FAIL"
         unchecked = [c["id"] for c in parity["checks"] if c["rel_err"] is None]
-        out.append(f"Parity {verdict}: the accelerated logits must match the reference within "
+        out.append(f"Parity {verdict}: the logits of the accelerated, frozen and runtime rows "
+                   "must match the eager reference's within "
                    f"{parity['tolerance']:g} relative (max |diff| / max |ref|)"
                    + (f"; not checked, the row failed: {', '.join(unchecked)}." if unchecked
                       else "."))
@@ -107,6 +122,39 @@ def notes(record: Dict) -> List[str]:
     return out
 
 
+def runtime_notes(record: Dict) -> List[str]:
+    """How the ONNX Runtime and OpenVINO rows were made, and why any was skipped."""
+    out = []
+    timed = [r for r in record["results"] if r.get("runtime")]
+    exports = [r for r in timed if r.get("export_s") is not None]
+    if exports:
+        onnx = exports[0]["onnx"]
+        out.append(f"ONNX export: `{onnx['exporter']}` of the reference model (opset "
+                   f"{onnx['opset']}, one static export per model and input shape, shared by "
+                   "the runtimes); export time: " + ", ".join(
+                       f"{r['model']} {r['size']} {r['export_s']:.0f} s" for r in exports))
+    seen = set()
+    for r in timed:
+        info = r["runtime"]
+        if info["runtime"] in seen:
+            continue
+        seen.add(info["runtime"])
+        if info["runtime"] == "onnxruntime":
+            out.append(f"ONNX Runtime {info['version']}: "
+                       f"{', '.join(info['execution_providers'])}, "
+                       f"{info['graph_optimization_level']}, intra-op threads "
+                       f"{info['intra_op_num_threads']}, inter-op threads "
+                       f"{info['inter_op_num_threads']}.")
+        else:
+            out.append(f"OpenVINO {info['version']}: device {info['execution_devices']}, "
+                       f"{info['performance_hint']} hint, {info['inference_num_threads']} "
+                       f"inference thread(s), {info['num_streams']} stream(s), precision "
+                       f"{info['inference_precision_hint']}.")
+    for skip in record.get("skipped") or []:
+        out.append(f"{skip['rows']} rows skipped: {skip['reason']}.")
+    return out
+
+
 def print_summary(record: Dict, stream) -> None:
     env = record["environment"]
     stream.write("machine: " + environment.one_line(env) + "\n")
@@ -116,6 +164,8 @@ def print_summary(record: Dict, stream) -> None:
     figure = record.get("figure5")
     if figure:
         stream.write(f"* figure 5: {figure['png']} - {figure['crossover_note']}\n")
+        for block in figure.get("against_ort") or []:
+            stream.write(f"* figure 5, under ONNX Runtime: {block['crossover_note']}\n")
 
 
 def write_record(record: Dict, directory: str, stem: str) -> Dict[str, str]:
@@ -145,6 +195,10 @@ def markdown_report(record: Dict) -> str:
         lines += ["", "## Latency against image size (paper, figure 5)", "",
                   f"![latency against image size]({figure['png']})", "",
                   figure["crossover_note"]]
+        against_ort = figure.get("against_ort") or []
+        if against_ort:
+            lines += ["", "Against MobileNetV3-Large 1.0x exported and run by ONNX Runtime:", ""]
+            lines += [f"* {block['crossover_note']}" for block in against_ort]
     lines += ["", "## Environment", ""]
     shown = dict(env)
     shown["git"] = f"{git.get('commit')}" + (" (uncommitted edits)" if git.get("dirty") else "")

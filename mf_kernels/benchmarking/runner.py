@@ -3,6 +3,10 @@
 Per row: build the model, count params and MAdds on the uncompiled model, warm up (compiling
 when asked), time with :func:`timing.measure`, then check the logits against the variant's
 eager reference. A row that fails is recorded with its error and the run goes on.
+
+Runtime rows (ONNX Runtime, OpenVINO; :mod:`.runtimes`) export the reference model once per
+shape, build the runtime's session, and go through the same timing and parity check. A runtime
+whose packages are missing is skipped with its reason, which is not a failure.
 """
 from __future__ import annotations
 
@@ -20,8 +24,8 @@ import torch.nn.functional as F
 import mobileformer
 import mf_kernels
 
-from . import builders, environment
-from .plan import BenchConfig, Row, plan_rows
+from . import builders, environment, runtimes
+from .plan import RUNTIME_LABELS, BenchConfig, Row, plan_rows
 from .progress import Progress
 from .memory import CpuPeakMemory
 from .timing import cuda_synchronizer, measure
@@ -46,6 +50,12 @@ def _mobileformer_counts(variant: str, size: int) -> Tuple[int, int]:
     but the fused ops hide their work from the FLOP counter and freezing folds BatchNorm."""
     reference = mobileformer.create_model(variant)
     return builders.count_params(reference), mobileformer.count_madds(reference, size)
+
+
+@functools.lru_cache(maxsize=None)
+def _mobilenet_counts(width: float, size: int) -> Tuple[int, int]:
+    model = builders.build_mobilenetv3(width)
+    return builders.count_params(model), builders.count_flop_madds(model, size)
 
 
 def _build(row: Row, config: BenchConfig):
@@ -130,20 +140,17 @@ def _run_row(row: Row, config: BenchConfig,
                           synchronize=cuda_synchronizer(config.device))
     with torch.inference_mode(config.mode == "infer"):
         timing = measure(step, **timing_options)
-        if config.mode == "infer" and row.is_mobileformer:
+        if config.mode == "infer" and (row.is_mobileformer or not row.compiled):
             if row.compiled:  # switching TF32 would recompile: compiled rows are informative
                 logits = model(x)
             else:
                 with _ieee_fp32(config.device):
                     logits = model(x)
-            if row.kind == "reference" and not row.compiled:
+            if row.parity_reference_id is None:  # a reference: the others are checked on it
                 references[row.id] = logits.detach().clone()
-            elif row.reference_id in references:
-                result["rel_err"] = _relative_error(logits, references[row.reference_id])
-                if not row.compiled:  # said at once: no need to wait for the table
-                    progress.note(f"parity: {row.name} {row.size}px {row.label} vs reference: "
-                                  f"rel err {result['rel_err']:.1e} "
-                                  f"(gated at {config.parity_tolerance:g} in fp32)")
+            elif row.parity_reference_id in references:
+                _note_parity(result, logits, references[row.parity_reference_id], row, config,
+                             progress)
     result.update(timing.summary_ms())
     if row.compiled:
         # the first call compiles; less one ordinary call, it is the compile time
@@ -155,6 +162,54 @@ def _run_row(row: Row, config: BenchConfig,
     return result
 
 
+def _note_parity(result: Dict[str, object], logits, reference: torch.Tensor, row: Row,
+                 config: BenchConfig, progress: Progress) -> None:
+    result["rel_err"] = _relative_error(torch.as_tensor(logits), reference)
+    if not row.compiled:  # said at once: no need to wait for the table
+        progress.note(f"parity: {row.name} {row.size}px {row.label} vs reference: "
+                      f"rel err {result['rel_err']:.1e} "
+                      f"(gated at {config.parity_tolerance:g} in fp32)")
+
+
+def _run_runtime_row(row: Row, config: BenchConfig, references: Dict[str, torch.Tensor],
+                     progress: Progress, exports: runtimes.OnnxExports) -> Dict[str, object]:
+    """Export the reference (once per shape), build the runtime's session, time it with the
+    same machinery as the torch rows, and check its logits against the reference's."""
+    result: Dict[str, object] = {
+        "id": row.id, "model": row.name, "size": row.size, "kind": row.kind,
+        "compiled": False, "label": row.label, "batch": config.batch,
+        "reference_id": row.reference_id}
+    # the same images as the torch rows, as the NCHW array the exported graph takes
+    x = builders.build_input(config.batch, row.size, "fp32", "cpu")
+
+    def build():
+        model = (builders.build_model(row.model, accelerated=False, compiled=False)
+                 if row.is_mobileformer else builders.build_mobilenetv3(row.width))
+        return model, x
+
+    path, result["onnx"], exported = exports.get((row.name, config.batch, row.size), build)
+    if exported:
+        result["export_s"] = result["onnx"]["export_s"]
+        progress.note(f"export: {row.name} {row.size}px batch {config.batch} to ONNX in "
+                      f"{result['export_s']:.0f} s")
+    session = runtimes.make_session(row.kind, path, config.threads)
+    result["runtime"] = session.info
+    result["params"], result["madds"] = (_mobileformer_counts(row.model, row.size)
+                                         if row.is_mobileformer
+                                         else _mobilenet_counts(row.width, row.size))
+    array = x.numpy()
+    timing = measure(lambda: session(array), min_time_s=config.min_time_s,
+                     min_repeats=config.min_repeats, max_repeats=config.max_repeats,
+                     warmup=config.warmup)
+    if row.parity_reference_id in references:
+        _note_parity(result, torch.from_numpy(session(array)),
+                     references[row.parity_reference_id], row, config, progress)
+    result.update(timing.summary_ms())
+    result["images_per_s"] = config.batch / timing.median_s
+    result["peak_memory_mb"] = None  # measured for training steps only
+    return result
+
+
 def _check_parity(results: List[Dict[str, object]], config: BenchConfig) -> Dict[str, object]:
     """The accelerated model must reproduce the reference logits (gated in fp32 and fp64 only:
     in bf16/fp16 the reference itself rounds differently, so the error is reported, not
@@ -163,7 +218,8 @@ def _check_parity(results: List[Dict[str, object]], config: BenchConfig) -> Dict
     tolerance = config.parity_tolerance if config.dtype == "fp32" else 1e-9
     checks = []
     for result in results:
-        if result["kind"] in ("accelerated", "frozen") and not result["compiled"]:
+        if result["kind"] in ("accelerated", "frozen", *RUNTIME_LABELS) and (
+                not result["compiled"]):
             error = result.get("rel_err")
             ok = None if not gated else (error is not None and error <= tolerance)
             result["parity_ok"] = ok
@@ -175,12 +231,13 @@ def _check_parity(results: List[Dict[str, object]], config: BenchConfig) -> Dict
                 f"reported, not gated, in {config.dtype}")}
 
 
-def _add_ratios(results: List[Dict[str, object]]) -> None:
+def _add_ratios(results: List[Dict[str, object]], rows: List[Row]) -> None:
     medians = {r["id"]: r.get("median_ms") for r in results}
-    for result in results:
-        reference = medians.get(result["reference_id"])
-        if result.get("median_ms") and reference:
-            result["ratio_to_eager_reference"] = result["median_ms"] / reference
+    for result, row in zip(results, rows):
+        for key, other in (("ratio_to_eager_reference", row.reference_id),
+                           ("ratio_to_ort", row.ort_id)):
+            if result.get("median_ms") and medians.get(other):
+                result[key] = result["median_ms"] / medians[other]
 
 
 def run(config: BenchConfig, command: Optional[List[str]] = None) -> Dict[str, object]:
@@ -194,7 +251,13 @@ def run(config: BenchConfig, command: Optional[List[str]] = None) -> Dict[str, o
     previous_limit = torch._dynamo.config.recompile_limit
     torch._dynamo.config.recompile_limit = max(previous_limit, 64)
     env = environment.describe(config.device, config.threads)
-    rows = plan_rows(config, has_freeze=hasattr(mf_kernels, "freeze"))
+    skipped = {runtime: runtimes.unavailable_reason(runtime, config.device, config.dtype,
+                                                    config.mode)
+               for runtime in config.runtimes}
+    skipped = {runtime: reason for runtime, reason in skipped.items() if reason}
+    rows = plan_rows(config, has_freeze=hasattr(mf_kernels, "freeze"),
+                     runtimes=[r for r in config.runtimes if r not in skipped])
+    exports = runtimes.OnnxExports()
     progress = Progress(len(rows), enabled=config.progress)
     references: Dict[str, torch.Tensor] = {}
     results: List[Dict[str, object]] = []
@@ -203,7 +266,9 @@ def run(config: BenchConfig, command: Optional[List[str]] = None) -> Dict[str, o
             what = "compiling, then timing" if row.compiled else "timing"
             progress.show(f"{row.name} {row.size}px {row.label}: {what}")
             try:
-                results.append(_run_row(row, config, references, progress))
+                results.append(
+                    _run_runtime_row(row, config, references, progress, exports)
+                    if row.is_runtime else _run_row(row, config, references, progress))
             except Exception as error:  # record it and go on: one broken row spoils no run
                 first = _cause_line(error)
                 results.append({"id": row.id, "model": row.name, "size": row.size,
@@ -216,9 +281,10 @@ def run(config: BenchConfig, command: Optional[List[str]] = None) -> Dict[str, o
                 torch._dynamo.reset()  # drop the graphs of models that will not run again
     finally:
         progress.close()
+        exports.close()
         torch._dynamo.config.recompile_limit = previous_limit
         torch.set_num_threads(previous_threads)
-    _add_ratios(results)
+    _add_ratios(results, rows)
     parity = _check_parity(results, config)
     env["load_average_at_end"] = environment.load_average()
     config_block = {k: (list(v) if isinstance(v, tuple) else v)
@@ -236,6 +302,9 @@ def run(config: BenchConfig, command: Optional[List[str]] = None) -> Dict[str, o
                           " calls; median, quartiles, min and max per row"),
         "results": results,
         "parity": parity,
+        # asked-for runtimes that could not run here, with the one-line reason (not failures)
+        "skipped": [{"rows": RUNTIME_LABELS[runtime], "runtime": runtime, "reason": reason}
+                    for runtime, reason in skipped.items()],
         "errors": [r["id"] for r in results if "error" in r],
         "wall_s": time.perf_counter() - started,
     }
