@@ -210,7 +210,8 @@ def markdown_report(record: Dict) -> str:
 
 # ---- compare ---------------------------------------------------------------------------------
 
-ENVIRONMENT_KEYS = ("cpu", "gpu", "threads", "torch", "python", "cpus_usable")
+ENVIRONMENT_KEYS = ("cpu", "gpu", "threads", "torch", "python", "cpus_usable", "cpu_isa",
+                    "runtimes")
 
 
 def compare(a: Dict, b: Dict, threshold: float = 0.02) -> Dict[str, object]:

@@ -263,7 +263,8 @@ def run(config: BenchConfig, command: Optional[List[str]] = None) -> Dict[str, o
     results: List[Dict[str, object]] = []
     try:
         for row in rows:
-            what = "compiling, then timing" if row.compiled else "timing"
+            what = ("exporting, then timing" if row.is_runtime else
+                    "compiling, then timing" if row.compiled else "timing")
             progress.show(f"{row.name} {row.size}px {row.label}: {what}")
             try:
                 results.append(
