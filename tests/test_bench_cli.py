@@ -177,6 +177,22 @@ def test_runtime_sessions_take_a_batch_and_the_thread_count(runtime, tmp_path):
     assert not os.path.exists(path)  # the run's exports live in a temporary directory
 
 
+def test_a_failed_export_is_raised_again_not_retried():
+    exports, calls = runtimes.OnnxExports(), []
+
+    def broken():
+        calls.append(1)
+        raise ValueError("cannot export this")
+    try:
+        with pytest.raises(ValueError, match="cannot export this"):
+            exports.get(("m", 1, 64), broken)
+        with pytest.raises(RuntimeError, match="earlier row: ValueError: cannot export this"):
+            exports.get(("m", 1, 64), broken)
+    finally:
+        exports.close()
+    assert calls == [1]
+
+
 def test_cpu_isa_comes_from_the_extension_once_it_has_the_op(monkeypatch):
     report = isa.kernels_isa()
     assert report["kernels"] in ("avx512", "avx2", "baseline", "none")

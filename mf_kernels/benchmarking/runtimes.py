@@ -99,6 +99,7 @@ class OnnxExports:
     def __init__(self) -> None:
         self._directory: Optional[str] = None
         self._files: Dict[Tuple, Tuple[str, Dict[str, object]]] = {}
+        self._failed: Dict[Tuple, str] = {}  # a failed export is not retried by the next row
 
     def get(self, key: Tuple, build: Callable[[], Tuple[nn.Module, torch.Tensor]]
             ) -> Tuple[str, Dict[str, object], bool]:
@@ -107,18 +108,24 @@ class OnnxExports:
         if key in self._files:
             path, info = self._files[key]
             return path, info, False
+        if key in self._failed:
+            raise RuntimeError(f"the ONNX export failed for an earlier row: {self._failed[key]}")
         if self._directory is None:
             self._directory = tempfile.mkdtemp(prefix="mf-kernels-onnx-")
         path = os.path.join(self._directory, "-".join(map(str, key)) + ".onnx")
-        model, x = build()
-        info = export_onnx(model, x, path)
+        try:
+            model, x = build()
+            info = export_onnx(model, x, path)
+        except Exception as error:  # remembered, then raised again: the row records it
+            self._failed[key] = f"{type(error).__name__}: {str(error).strip()[:300]}"
+            raise
         self._files[key] = (path, info)
         return path, info, True
 
     def close(self) -> None:
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
-        self._directory, self._files = None, {}
+        self._directory, self._files, self._failed = None, {}, {}
 
 
 class Session:
