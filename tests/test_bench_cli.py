@@ -163,6 +163,8 @@ def test_runtime_sessions_take_a_batch_and_the_thread_count(runtime, tmp_path):
     try:
         path, info, exported = exports.get(("tiny", 3, 16), lambda: (model, x))
         assert exported and info["input_shape"] == [3, 3, 16, 16] and os.path.exists(path)
+        weights_bytes = 4 * sum(p.numel() for p in model.parameters())
+        assert info["file_mb"] * 2**20 >= weights_bytes  # graph and weights, wherever stored
         assert exports.get(("tiny", 3, 16), lambda: pytest.fail("exported twice"))[2] is False
         session = runtimes.make_session(runtime, path, threads=2)
         with torch.no_grad():

@@ -87,9 +87,11 @@ def export_onnx(model: nn.Module, x: torch.Tensor, path: str) -> Dict[str, objec
     export_s = time.perf_counter() - started
     graph = onnx.load(path, load_external_data=False)
     opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
+    # the exporter writes the weights beside the graph (external_data=True, its default)
+    files = [path] + [path + ".data"] * os.path.exists(path + ".data")
     return {"exporter": EXPORTER, "export_s": export_s, "opset": opset,
-            "nodes": len(graph.graph.node), "file_mb": os.path.getsize(path) / 2**20,
-            "input_shape": list(x.shape)}
+            "nodes": len(graph.graph.node), "input_shape": list(x.shape),
+            "file_mb": sum(os.path.getsize(f) for f in files) / 2**20}
 
 
 class OnnxExports:
