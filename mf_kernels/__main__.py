@@ -1,4 +1,4 @@
-"""``python -m mf_kernels`` (also the ``mf-kernels`` console script): bench and compare."""
+"""``python -m mf_kernels`` (also the ``mf-kernels`` console script): bench, compare and check."""
 import sys
 
 

@@ -6,7 +6,9 @@ Backends:
 * ``"cuda"``: the CUDA C++ kernels of the extension, CUDA tensors.
 * ``"triton"``: the Triton kernels, CUDA tensors (CPU tensors too when ``TRITON_INTERPRET=1``).
 * ``"auto"`` (default): per op and device, the fastest backend that can run here, falling back
-  to the reference; it never fails where the reference would run.
+  to the reference; it never fails where the reference would run. On CUDA it takes only
+  backends that a committed GPU run has shown correct (``GPU_VERIFIED``); until then it runs
+  the reference there. Choosing an unverified backend explicitly works but warns once.
 
 Choose with :func:`set_backend`, the context manager :func:`use_backend`, or the environment
 variable ``MF_KERNELS_BACKEND`` (read once, at import). :func:`available_backends` says, per op
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import warnings
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
@@ -30,18 +33,28 @@ from . import _extension
 BACKENDS: Tuple[str, ...] = ("reference", "cpu", "cuda", "triton")
 OPS: Tuple[str, ...] = ("dynamic_relu", "m2f_attention", "f2m_attention")
 
-# "auto" on each device type: the first backend that can run wins. On CUDA the order should
-# come from committed GPU benchmarks (README, "Backend choice on CUDA"); no GPU has been lent
-# yet, so Triton comes first: its kernels are at least tested in CI through the interpreter,
-# while the CUDA kernels are only compiled there.
+# "auto" on each device type: the first backend that can run (and, on CUDA, is in
+# GPU_VERIFIED) wins. On CUDA the order should come from committed GPU benchmarks (README,
+# "Which backends are verified where"); none exists yet.
 AUTO_ORDER: Dict[str, Tuple[str, ...]] = {
     "cpu": ("cpu", "reference"),
     "cuda": ("triton", "cuda", "reference"),
 }
 
+# The one place that says which kernels are verified on a GPU: backend -> the committed results
+# file of a GPU run of the device script (bench/gpu/run.sh, results under bench/results/) in
+# which `mf-kernels check --device cuda` and the GPU test tier passed for that backend.
+# No GPU run has been committed yet, so no backend is verified: "auto" runs the reference on
+# CUDA tensors, and choosing "triton" or "cuda" explicitly warns once (UnverifiedBackendWarning).
+GPU_VERIFIED: Dict[str, str] = {}
+
 
 class BackendUnavailableError(RuntimeError):
     """A forced backend cannot run the op on the given input."""
+
+
+class UnverifiedBackendWarning(UserWarning):
+    """A backend chosen explicitly runs on CUDA tensors but no committed GPU run verifies it."""
 
 
 class Availability(NamedTuple):
@@ -53,6 +66,7 @@ _loaders: Dict[Tuple[str, str], Callable[[], Callable]] = {}
 _resolved: Dict[Tuple[str, str], Callable] = {}
 _selected: str = "auto"
 _choice_cache: Dict[Tuple, Tuple[str, Callable]] = {}
+_warned_unverified: set = set()
 
 
 def register(op: str, backend: str, loader: Callable[[], Callable]) -> None:
@@ -184,19 +198,59 @@ def _load(op: str, backend: str) -> Callable:
     return _resolved[key]
 
 
+def unverified_on_gpu(backend: str) -> Tuple[str, ...]:
+    """Why ``auto`` does not take ``backend`` for CUDA tensors: empty when a committed GPU run
+    verifies it (``GPU_VERIFIED``), and for the reference."""
+    if backend == "reference" or backend in GPU_VERIFIED:
+        return ()
+    return (f"not verified on a GPU yet: no committed GPU run shows the {backend} kernels "
+            "correct (GPU_VERIFIED in mf_kernels/backends.py)",)
+
+
+def reasons(op: str, backend: str, device_type: str,
+            dtype: Optional[torch.dtype] = None) -> Tuple[str, ...]:
+    """Why ``backend`` cannot run ``op`` on ``device_type`` tensors of ``dtype`` here (empty
+    when it can). GPU verification is apart: see :func:`unverified_on_gpu`."""
+    _validate(backend)
+    return _reasons(op, backend, device_type, dtype)
+
+
+def explain_auto(op: str, device_type: str, dtype: Optional[torch.dtype] = None
+                 ) -> Tuple[str, List[Tuple[str, Tuple[str, ...]]]]:
+    """What ``"auto"`` picks for ``op`` on ``device_type`` tensors of ``dtype``, and why: the
+    backend, and each backend before it in ``AUTO_ORDER`` with the reasons it was passed over."""
+    passed_over: List[Tuple[str, Tuple[str, ...]]] = []
+    for backend in AUTO_ORDER.get(device_type, ("reference",)):
+        why = _reasons(op, backend, device_type, dtype)
+        if not why and device_type == "cuda":
+            why = unverified_on_gpu(backend)
+        if not why:
+            return backend, passed_over
+        passed_over.append((backend, why))
+    return "reference", passed_over
+
+
 def _choose(op: str, device_type: str, dtype: Optional[torch.dtype]) -> str:
     if _selected != "auto":
-        reasons = _reasons(op, _selected, device_type, dtype)
-        if reasons:
+        why = _reasons(op, _selected, device_type, dtype)
+        if why:
             raise BackendUnavailableError(
                 f"mf_kernels: backend {_selected!r} cannot run {op} on {device_type} tensors"
-                f"{'' if dtype is None else f' of {dtype}'}: " + "; ".join(reasons)
+                f"{'' if dtype is None else f' of {dtype}'}: " + "; ".join(why)
                 + ". Use set_backend('auto') to fall back.")
         return _selected
-    for backend in AUTO_ORDER.get(device_type, ("reference",)):
-        if not _reasons(op, backend, device_type, dtype):
-            return backend
-    return "reference"
+    return explain_auto(op, device_type, dtype)[0]
+
+
+def _warn_unverified(backend: str) -> None:
+    _warned_unverified.add(backend)
+    tested = ("through Triton's interpreter" if backend == "triton"
+              else "in a CPU emulation of the CUDA execution model")
+    warnings.warn(
+        f"mf_kernels: backend {backend!r} on CUDA tensors: its kernels are not verified on a GPU "
+        f"yet (tested on the CPU only, {tested}). Check them on this GPU with "
+        "`mf-kernels check --device cuda`; set_backend('auto') runs the reference on CUDA "
+        "until a committed GPU run verifies them.", UnverifiedBackendWarning, stacklevel=5)
 
 
 def _choice(op: str, device: torch.device, dtype: Optional[torch.dtype]) -> Tuple[str, Callable]:
@@ -204,6 +258,12 @@ def _choice(op: str, device: torch.device, dtype: Optional[torch.dtype]) -> Tupl
     choice = _choice_cache.get(key)
     if choice is None:
         backend = _choose(op, device.type, dtype)
+        if (device.type == "cuda" and backend not in _warned_unverified
+                and unverified_on_gpu(backend)):
+            if torch.compiler.is_compiling():
+                # No warning from inside a trace, and no caching: the first eager call warns.
+                return backend, _load(op, backend)
+            _warn_unverified(backend)
         choice = _choice_cache[key] = (backend, _load(op, backend))
     return choice
 
@@ -237,6 +297,8 @@ def _backend_from_environment() -> None:
 
 _backend_from_environment()
 
-__all__: List[str] = ["BACKENDS", "OPS", "Availability", "BackendUnavailableError",
+__all__: List[str] = ["BACKENDS", "OPS", "AUTO_ORDER", "GPU_VERIFIED", "Availability",
+                      "BackendUnavailableError", "UnverifiedBackendWarning",
                       "available_backends", "get_backend", "set_backend", "use_backend",
-                      "implementation", "backend_for", "uses_extension", "register"]
+                      "implementation", "backend_for", "uses_extension", "register", "reasons",
+                      "explain_auto", "unverified_on_gpu"]

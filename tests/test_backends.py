@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -117,3 +118,77 @@ def test_triton_runs_the_public_entry_point_under_the_interpreter():
         assert backends.backend_for("dynamic_relu", x.device, x.dtype) == "triton"
         torch.testing.assert_close(mf_kernels.ops.dynamic_relu(x, s),
                                    mobileformer.functional.dynamic_relu(x, s))
+
+
+@pytest.fixture
+def pretend_cuda(monkeypatch):
+    """As if a CUDA GPU were visible: backend choice only (no CUDA tensor is made)."""
+    monkeypatch.setattr(backends, "_cuda_available", lambda: True)
+    monkeypatch.setattr(backends, "_choice_cache", {})
+    monkeypatch.setattr(backends, "_warned_unverified", set())
+    monkeypatch.setitem(backends._MACHINE_REASONS, "triton", ())
+    return torch.device("cuda")
+
+
+def test_auto_on_cuda_runs_the_reference_until_a_gpu_run_verifies_a_backend(pretend_cuda,
+                                                                           monkeypatch):
+    monkeypatch.setattr(backends, "GPU_VERIFIED", {})
+    for dtype in (torch.float32, torch.bfloat16):
+        assert backends.backend_for("m2f_attention", pretend_cuda, dtype) == "reference"
+        chosen, passed_over = backends.explain_auto("m2f_attention", "cuda", dtype)
+        assert chosen == "reference"
+        assert "not verified on a GPU yet" in dict(passed_over)["triton"][0]
+    # the CPU is not affected: its kernels are tested in CI
+    assert backends.explain_auto("m2f_attention", "cpu", torch.float32)[0] in ("cpu", "reference")
+
+
+def test_a_verified_backend_is_taken_by_auto(pretend_cuda, monkeypatch):
+    monkeypatch.setattr(backends, "GPU_VERIFIED", {"triton": "bench/results/<date>-h200/..."})
+    assert backends.backend_for("dynamic_relu", pretend_cuda, torch.float32) == "triton"
+    assert backends.explain_auto("dynamic_relu", "cuda", torch.float32) == ("triton", [])
+    # fp64 is not Triton's: auto goes on down the order
+    chosen, passed_over = backends.explain_auto("dynamic_relu", "cuda", torch.float64)
+    assert "float64" in dict(passed_over)["triton"][0]
+
+
+def test_an_unverified_backend_chosen_explicitly_runs_and_warns_once(pretend_cuda, monkeypatch):
+    monkeypatch.setattr(backends, "GPU_VERIFIED", {})
+    with mf_kernels.use_backend("triton"):
+        with pytest.warns(backends.UnverifiedBackendWarning, match="not verified on a GPU"):
+            assert backends.backend_for("dynamic_relu", pretend_cuda, torch.float32) == "triton"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once: no second warning, for any op or dtype
+            assert backends.backend_for("m2f_attention", pretend_cuda, torch.float16) == "triton"
+    # CPU tensors through the interpreter never warn: the warning is about GPUs
+    monkeypatch.setattr(backends, "_warned_unverified", set())
+    with mf_kernels.use_backend("triton"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x, s = torch.randn(1, 2, 3, 3), torch.randn(1, 2, 2)
+        mf_kernels.ops.dynamic_relu(x, s)
+
+
+def test_every_verification_names_a_committed_results_file():
+    for backend, path in backends.GPU_VERIFIED.items():
+        assert backend in ("cuda", "triton"), backend
+        assert os.path.exists(os.path.join(ROOT, path)), f"{backend}: {path} is not committed"
+
+
+def test_bench_records_name_the_backend_each_op_ran_on():
+    """Regression: records said 'no implementation' for every op (a nonexistent function called
+    under a broad except)."""
+    from mf_kernels.benchmarking import environment
+
+    choice = environment.describe("cpu", threads=1)["backends"]
+    assert choice["selected"] == "auto"
+    for op in backends.OPS:
+        assert set(choice[op]) == {"fp32", "fp16", "bf16", "fp64"}
+        for name, dtype in (("fp32", torch.float32), ("fp64", torch.float64)):
+            assert choice[op][name] == backends.backend_for(op, torch.device("cpu"), dtype)
+            assert choice[op][name] in backends.BACKENDS
+    with mf_kernels.use_backend("reference"):
+        assert environment.backend_choice("cpu")["dynamic_relu"]["bf16"] == "reference"
+    with mf_kernels.use_backend("triton"):  # under TRITON_INTERPRET=1 (tests/conftest.py)
+        choice = environment.backend_choice("cpu")
+        assert choice["dynamic_relu"]["fp32"] == "triton"
+        assert choice["dynamic_relu"]["fp64"].startswith("unavailable: ") \
+            and "float64" in choice["dynamic_relu"]["fp64"]

@@ -186,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--threshold", type=float, default=0.02,
                             help="ignore changes smaller than this fraction (default 0.02)")
     comparison.set_defaults(subparser=comparison)
+    from ..checking import cli as check_cli  # `mf-kernels check`: mf_kernels/checking/
+
+    check = commands.add_parser("check", help="every kernel here against the reference",
+                                description=check_cli.__doc__.split("\n\n")[1])
+    check_cli.add_arguments(check)
+    check.set_defaults(subparser=check)
     return parser
 
 
@@ -195,4 +201,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "bench":
         return bench_main(args, args.subparser, argv)
+    if args.command == "check":
+        from ..checking import cli as check_cli
+
+        return check_cli.run(args, args.subparser)
     return compare_main(args, args.subparser)

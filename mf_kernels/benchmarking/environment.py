@@ -61,17 +61,22 @@ def _package_version(name: str) -> Optional[str]:
     return getattr(module, "__version__", "unknown")
 
 
-def backend_choice(device: str) -> Dict[str, str]:
-    """Which backend each op runs on ``device`` under the current selection (report only)."""
+def backend_choice(device: str) -> Dict[str, object]:
+    """Which backend each op runs on ``device`` under the current selection, per dtype
+    (what ``mf_kernels.ops`` dispatches to: ``backends.backend_for``)."""
     import mf_kernels
     from mf_kernels import backends
 
-    choice = {"selected": mf_kernels.get_backend()}
+    choice: Dict[str, object] = {"selected": mf_kernels.get_backend()}
     for op in backends.OPS:
-        try:
-            choice[op] = backends.selected_backend_name(op, torch.device(device))
-        except Exception:  # an op with no implementation registered yet: say so, don't fail
-            choice[op] = "no implementation"
+        per_dtype: Dict[str, str] = {}
+        for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16),
+                            ("bf16", torch.bfloat16), ("fp64", torch.float64)):
+            try:
+                per_dtype[name] = backends.backend_for(op, torch.device(device), dtype)
+            except backends.BackendUnavailableError as error:  # a forced backend that cannot
+                per_dtype[name] = f"unavailable: {error}"      # take this dtype: say why
+        choice[op] = per_dtype
     return choice
 
 
