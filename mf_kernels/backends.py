@@ -242,7 +242,7 @@ def _choose(op: str, device_type: str, dtype: Optional[torch.dtype]) -> str:
     return explain_auto(op, device_type, dtype)[0]
 
 
-def _warn_unverified(backend: str) -> None:
+def _warn_unverified(backend: str, stacklevel: int = 5) -> None:
     _warned_unverified.add(backend)
     tested = ("through Triton's interpreter" if backend == "triton"
               else "in a CPU emulation of the CUDA execution model")
@@ -250,7 +250,16 @@ def _warn_unverified(backend: str) -> None:
         f"mf_kernels: backend {backend!r} on CUDA tensors: its kernels are not verified on a GPU "
         f"yet (tested on the CPU only, {tested}). Check them on this GPU with "
         "`mf-kernels check --device cuda`; set_backend('auto') runs the reference on CUDA "
-        "until a committed GPU run verifies them.", UnverifiedBackendWarning, stacklevel=5)
+        "until a committed GPU run verifies them.", UnverifiedBackendWarning, stacklevel=stacklevel)
+
+
+def note_direct_use(backend: str, device: torch.device) -> None:
+    """For code that calls a backend's kernels directly, bypassing the selection (the frozen
+    model calls the extension's ops): warns once, as an explicit choice does, when they run on
+    CUDA tensors unverified on GPUs."""
+    if (device.type == "cuda" and backend not in _warned_unverified
+            and unverified_on_gpu(backend) and not torch.compiler.is_compiling()):
+        _warn_unverified(backend, stacklevel=4)
 
 
 def _choice(op: str, device: torch.device, dtype: Optional[torch.dtype]) -> Tuple[str, Callable]:
@@ -301,4 +310,4 @@ __all__: List[str] = ["BACKENDS", "OPS", "AUTO_ORDER", "GPU_VERIFIED", "Availabi
                       "BackendUnavailableError", "UnverifiedBackendWarning",
                       "available_backends", "get_backend", "set_backend", "use_backend",
                       "implementation", "backend_for", "uses_extension", "register", "reasons",
-                      "explain_auto", "unverified_on_gpu"]
+                      "explain_auto", "unverified_on_gpu", "note_direct_use"]

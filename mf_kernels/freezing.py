@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 import mobileformer
 
-from . import _extension
+from . import _extension, backends
 from .patching import accelerate
 
 
@@ -71,6 +71,7 @@ class _Frozen:
         if self.training:
             raise RuntimeError("this Mobile-Former was frozen by mf_kernels.freeze and is for "
                                "inference only; call .eval() (or freeze a copy to keep training)")
+        backends.note_direct_use("cuda", x.device)  # the extension's kernels, whatever auto says
         return torch.ops.mf_kernels.block_tokens(x, z, self._frozen_weights,
                                                  self.local_global.heads, self.global_block.heads)
 

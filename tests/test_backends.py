@@ -160,6 +160,8 @@ def test_an_unverified_backend_chosen_explicitly_runs_and_warns_once(pretend_cud
             warnings.simplefilter("error")  # once: no second warning, for any op or dtype
             assert backends.backend_for("m2f_attention", pretend_cuda, torch.float16) == "triton"
     # CPU tensors through the interpreter never warn: the warning is about GPUs
+    if not backends._triton_interpreted():
+        return
     monkeypatch.setattr(backends, "_warned_unverified", set())
     with mf_kernels.use_backend("triton"), warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -187,8 +189,25 @@ def test_bench_records_name_the_backend_each_op_ran_on():
             assert choice[op][name] in backends.BACKENDS
     with mf_kernels.use_backend("reference"):
         assert environment.backend_choice("cpu")["dynamic_relu"]["bf16"] == "reference"
-    with mf_kernels.use_backend("triton"):  # under TRITON_INTERPRET=1 (tests/conftest.py)
+    with mf_kernels.use_backend("triton"):  # CPU tensors: only under TRITON_INTERPRET=1
         choice = environment.backend_choice("cpu")
-        assert choice["dynamic_relu"]["fp32"] == "triton"
+        if backends._triton_interpreted():
+            assert choice["dynamic_relu"]["fp32"] == "triton"
         assert choice["dynamic_relu"]["fp64"].startswith("unavailable: ") \
             and "float64" in choice["dynamic_relu"]["fp64"]
+
+
+def test_direct_use_of_unverified_kernels_on_cuda_warns_once(pretend_cuda, monkeypatch):
+    """The frozen model calls the extension's ops directly, whatever auto says: it warns."""
+    monkeypatch.setattr(backends, "GPU_VERIFIED", {})
+    with pytest.warns(backends.UnverifiedBackendWarning, match="'cuda'"):
+        backends.note_direct_use("cuda", pretend_cuda)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backends.note_direct_use("cuda", pretend_cuda)        # once
+        backends.note_direct_use("cuda", torch.device("cpu"))  # never for CPU tensors
+    monkeypatch.setattr(backends, "_warned_unverified", set())
+    monkeypatch.setattr(backends, "GPU_VERIFIED", {"cuda": "bench/results/..."})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backends.note_direct_use("cuda", pretend_cuda)        # verified: silent

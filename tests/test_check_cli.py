@@ -129,7 +129,8 @@ def test_missing_triton_is_a_skip_with_the_reason(monkeypatch):
 
 
 def test_triton_runs_under_the_interpreter_at_small_sites_only():
-    assert plan.triton_interpreted()  # tests/conftest.py sets TRITON_INTERPRET=1
+    if not plan.triton_interpreted():  # tests/conftest.py sets it unless told otherwise
+        pytest.skip("needs TRITON_INTERPRET=1 (Triton on CPU tensors)")
     status, text = check("--quick", "--ops", "dynamic_relu", "--backends", "triton",
                          "--dtypes", "fp32", "--seed", "0")
     assert status == 0, text
