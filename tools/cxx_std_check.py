@@ -26,7 +26,7 @@ import sysconfig
 import tempfile
 import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import List, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,16 +98,17 @@ def main(argv: Sequence[str] = None) -> int:
     print(f"{len(jobs)} compiles ({', '.join(stds)}; torch headers {include}; "
           f"{args.jobs} at a time)", flush=True)
     started = time.perf_counter()
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda job: compile_one(args.compiler, job[0], include, job[1]),
-                                jobs))
     failed = 0
-    for unit, std, ok, seconds, stderr in results:
-        print(f"  {'ok    ' if ok else 'FAILED'} {std:<6} {unit} ({seconds:.1f} s)")
-        if not ok:
-            failed += 1
-            print("\n".join("      " + line for line in stderr.splitlines()[:40]))
-    print(f"cxx_std_check: {len(results) - failed} ok, {failed} failed, "
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        futures = [pool.submit(compile_one, args.compiler, std, include, unit)
+                   for std, unit in jobs]
+        for future in as_completed(futures):  # each reported as it finishes
+            unit, std, ok, seconds, stderr = future.result()
+            print(f"  {'ok    ' if ok else 'FAILED'} {std:<6} {unit} ({seconds:.1f} s)", flush=True)
+            if not ok:
+                failed += 1
+                print("\n".join("      " + line for line in stderr.splitlines()[:40]))
+    print(f"cxx_std_check: {len(jobs) - failed} ok, {failed} failed, "
           f"{time.perf_counter() - started:.0f} s")
     return 1 if failed else 0
 
