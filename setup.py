@@ -78,6 +78,7 @@ os.environ.setdefault("MAX_JOBS", str(usable_cpus()))
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))
               + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
+              + glob.glob(os.path.join(ROOT, "csrc", "cpu", "frozen", "*.cpp"))
               + glob.glob(os.path.join(ROOT, "csrc", "composite", "*.cpp")))
 cxx_flags = ["-O3", "-fvisibility=hidden"]
 link_flags = []

@@ -53,4 +53,28 @@ TORCH_LIBRARY(mf_kernels, m) {
   m.def(
       "block_tokens(Tensor x, Tensor z, Tensor[] weights, int bridge_heads, int former_heads)"
       " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // The frozen CPU inference path (csrc/cpu/frozen/, used by mf_kernels.freeze): a whole
+  // Mobile-Former from images [B, 3, H, W] to logits, fp32, NHWC inside. weights and config
+  // are written by mf_kernels/frozen_plan.py. isa: None for the best build this CPU runs, or
+  // "baseline" / "avx2" / "avx512" (tests).
+  m.def(
+      "frozen_mobileformer(Tensor x, Tensor[] weights, int[] config, str? isa=None) -> Tensor");
+  // Which instruction-set build of the frozen kernels runs here: "avx512", "avx2", "baseline".
+  m.def("cpu_isa() -> str");
+  // The frozen path's kernels one at a time, for tests (act: 0 none, 1 ReLU6, 2 dynamic ReLU
+  // with slopes [2, N]). frozen_linear: y = act(x W + bias) [+ residual], W packed in
+  // 32-column panels, stores through column_map. frozen_depthwise: 3x3, padding 1, x and y
+  // [H, W, C], weight [9, C]. frozen_attention: m2f when values is None (out [M, C]), else
+  // f2m (y [P, C] = x + update).
+  m.def(
+      "frozen_linear(Tensor x, Tensor packed, Tensor bias, int act, Tensor? slopes,"
+      " Tensor? residual, Tensor? column_map, str? isa=None) -> Tensor");
+  m.def(
+      "frozen_depthwise(Tensor x, Tensor weight, Tensor bias, int stride, int act,"
+      " Tensor? slopes, str? isa=None) -> Tensor");
+  m.def(
+      "frozen_attention(Tensor x, Tensor tokens, Tensor? values, int heads, str? isa=None)"
+      " -> Tensor");
+  m.def("frozen_gelu(Tensor x, str? isa=None) -> Tensor");
 }

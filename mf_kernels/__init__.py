@@ -10,10 +10,11 @@ from . import _extension
 from . import ops, nn
 from .patching import accelerate
 from .freezing import freeze
+from .ops import cpu_isa
 from .backends import (BACKENDS, BackendUnavailableError, available_backends, get_backend,
                        set_backend, use_backend)
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "nn", "accelerate", "freeze", "set_backend", "get_backend", "use_backend",
+__all__ = ["ops", "nn", "accelerate", "freeze", "cpu_isa", "set_backend", "get_backend", "use_backend",
            "available_backends", "BackendUnavailableError", "BACKENDS", "__version__"]

@@ -1,6 +1,15 @@
-"""freeze(model): the fastest eager inference path. Inference only.
+"""freeze(model): the fastest inference path. Inference only.
 
-It goes further than :func:`mf_kernels.accelerate`:
+On the CPU in float32, a frozen :class:`mobileformer.MobileFormer` runs as one call,
+``torch.ops.mf_kernels.frozen_mobileformer`` (``csrc/cpu/frozen/``): its own NHWC kernels for
+every convolution (pointwise ones as GEMMs with bias, activation, residual and shuffle fused
+into the store; depthwise ones with their bias and activation), the token work of each block
+as a few small GEMMs and loops, workspaces allocated once per input size, and the instruction
+set (AVX-512, AVX2 or the baseline) chosen at run time (``mf_kernels.cpu_isa()``). The weights
+are copied into that path's packed layout when the model is frozen (``frozen_plan.py``).
+
+Everywhere else (other dtypes, other devices, ``forward_features``, a model that is not a whole
+MobileFormer) the frozen model runs block by block, which is still faster than the reference:
 
 * every BatchNorm is folded into the convolution or Linear before it:
   W' = W * gamma / sqrt(var + eps),  b' = (b - mean) * gamma / sqrt(var + eps) + beta;
@@ -13,10 +22,11 @@ It goes further than :func:`mf_kernels.accelerate`:
   faster that way, and the fused kernels take channels_last natively. Inputs may come in
   either layout.
 
-A frozen model reproduces the reference's eval-mode logits (1e-4 relative in fp32; it is tested
-at 1e-5), but it is for inference only: BatchNorm statistics are baked in, its state_dict no
-longer has the authors' keys, and calling it in training mode raises. Freeze a copy if you still
-need to train or save the original.
+A frozen model reproduces the reference's eval-mode logits (tested at 1e-5 relative in fp32),
+but it is for inference only: BatchNorm statistics are baked in, its state_dict no longer has the
+authors' keys, calling it in training mode raises, and changing its parameters afterwards is not
+seen by the packed copy (freeze again instead). Freeze a copy if you still need to train or save
+the original.
 """
 from __future__ import annotations
 
@@ -27,7 +37,7 @@ from torch import Tensor, nn
 
 import mobileformer
 
-from . import _extension, backends
+from . import _extension, backends, frozen_plan
 from .patching import accelerate
 
 
@@ -64,13 +74,17 @@ def _token_weights(block: nn.Module) -> List[Tensor]:
     return [t for layer in linears for t in (layer.weight, layer.bias)]
 
 
+def _check_inference(module: nn.Module) -> None:
+    if module.training:
+        raise RuntimeError("this Mobile-Former was frozen by mf_kernels.freeze and is for "
+                           "inference only; call .eval() (or freeze a copy to keep training)")
+
+
 class _Frozen:
     """Shared by the frozen block classes: the one-call token path."""
 
     def _tokens(self, x: Tensor, z: Tensor):
-        if self.training:
-            raise RuntimeError("this Mobile-Former was frozen by mf_kernels.freeze and is for "
-                               "inference only; call .eval() (or freeze a copy to keep training)")
+        _check_inference(self)
         backends.note_direct_use("cuda", x.device)  # the extension's kernels, whatever auto says
         return torch.ops.mf_kernels.block_tokens(x, z, self._frozen_weights,
                                                  self.local_global.heads, self.global_block.heads)
@@ -92,6 +106,29 @@ class FrozenMobileFormerDownBlock(_Frozen, mobileformer.MobileFormerDownBlock):
         r = self.conv2(torch.ops.mf_kernels.dynamic_relu(self.conv1(x), slope1, None))
         y = self.conv4(torch.ops.mf_kernels.dynamic_relu(self.conv3(r), slope3, None)) + r
         return torch.ops.mf_kernels.f2m_attention(y, k, v, self.global_local.heads), z
+
+
+class FrozenMobileFormer(mobileformer.MobileFormer):
+    """A frozen whole network: float32 CPU images run through ``frozen_mobileformer``."""
+
+    def _engine_applies(self, x: Tensor) -> bool:
+        weight = self.tokens.weight
+        return (self._engine is not None and x.device.type == "cpu" and weight.device.type == "cpu"
+                and x.dtype == torch.float32 and weight.dtype == torch.float32)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_inference(self)
+        dtype = self.tokens.weight.dtype
+        if x.dtype != dtype:
+            raise TypeError(f"x: expected {dtype} images, the dtype of this frozen model, got "
+                            f"{x.dtype} (the fast CPU path runs float32 models; convert the "
+                            "model before freezing it)")
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"x: expected images [B, 3, H, W], got shape {tuple(x.shape)}")
+        if self._engine_applies(x):
+            weights, config = self._engine
+            return torch.ops.mf_kernels.frozen_mobileformer(x, weights, config)
+        return super().forward(x)
 
 
 _FROZEN = {mobileformer.MobileFormerBlock: FrozenMobileFormerBlock,
@@ -120,4 +157,10 @@ def freeze(model: nn.Module, memory_format: torch.memory_format = torch.channels
             module._frozen_weights = _token_weights(module)
     for param in model.parameters():
         param.requires_grad_(False)
-    return model.to(memory_format=memory_format)
+    model = model.to(memory_format=memory_format)
+    if isinstance(model, mobileformer.MobileFormer):
+        model.__class__ = FrozenMobileFormer
+        weight = model.tokens.weight
+        cpu_float = weight.device.type == "cpu" and weight.dtype == torch.float32
+        model._engine = frozen_plan.build(model) if cpu_float else None
+    return model

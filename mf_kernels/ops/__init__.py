@@ -3,6 +3,8 @@ import importlib
 
 from .. import backends
 from .dynamic_relu import dynamic_relu
+from . import frozen
+from .frozen import cpu_isa
 from .f2m_attention import f2m_attention
 from .m2f_attention import m2f_attention
 
@@ -15,4 +17,4 @@ def _triton_loader(op: str):
 for _op in backends.OPS:
     backends.register(_op, "triton", _triton_loader(_op))
 
-__all__ = ["dynamic_relu", "m2f_attention", "f2m_attention"]
+__all__ = ["dynamic_relu", "m2f_attention", "f2m_attention", "cpu_isa"]
