@@ -42,12 +42,6 @@ inline void pack_rows(const float* src, int64_t lds, int64_t depth, int64_t coun
   }
 }
 
-inline float hmax(V v) {
-  float m = v[0];
-  for (int64_t i = 1; i < L; ++i) m = std::max(m, v[i]);
-  return m;
-}
-
 // row[0, M) = softmax(scale * row[0, M)) in base 2; the row is readable up to ldS.
 inline void softmax_row(float* row, int64_t M, int64_t ldS, float scale) {
   V lane;

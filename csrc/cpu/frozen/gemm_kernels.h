@@ -69,7 +69,7 @@ inline void epilogue_mapped(const Epilogue& e, V (&acc)[NV], int64_t row, int64_
 template <int MR, int NV, bool kUnitK>
 inline void micro_tile(const Gemm& g, const float* b, int64_t row, int64_t col, int64_t ncols) {
   V acc[MR][NV];
-#pragma GCC unroll 8
+#pragma GCC unroll 12
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) acc[r][v] = V{};
@@ -79,7 +79,7 @@ inline void micro_tile(const Gemm& g, const float* b, int64_t row, int64_t col, 
     V bv[NV];
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) bv[v] = vload(b + v * L);
-#pragma GCC unroll 8
+#pragma GCC unroll 12
     for (int r = 0; r < MR; ++r) {
       const float s = a[r * rs];
 #pragma GCC unroll 2
@@ -87,7 +87,7 @@ inline void micro_tile(const Gemm& g, const float* b, int64_t row, int64_t col, 
     }
   }
   const Epilogue& e = g.epilogue;
-#pragma GCC unroll 8
+#pragma GCC unroll 12
   for (int r = 0; r < MR; ++r) {
     float* crow = g.c + (row + r) * g.ldc;
     if (e.column_map) {
@@ -98,11 +98,16 @@ inline void micro_tile(const Gemm& g, const float* b, int64_t row, int64_t col, 
   }
 }
 
-// Rows [r0, r1) of one column tile, MR rows at a time, then the remainder.
+// Rows [r0, r1) of one column tile, MR rows at a time, then the remainder. A one-vector tile
+// (the last columns of a layer, or few of them) takes twelve rows at a time, so that it
+// still has twelve independent accumulators.
 template <int NV, bool kUnitK>
 void column_tile(const Gemm& g, const float* b, int64_t r0, int64_t r1, int64_t col,
                  int64_t ncols) {
   int64_t r = r0;
+  if (NV == 1) {
+    for (; r + 2 * kMR <= r1; r += 2 * kMR) micro_tile<2 * kMR, 1, kUnitK>(g, b, r, col, ncols);
+  }
   for (; r + kMR <= r1; r += kMR) micro_tile<kMR, NV, kUnitK>(g, b, r, col, ncols);
   switch (r1 - r) {
     case 5: micro_tile<5, NV, kUnitK>(g, b, r, col, ncols); break;

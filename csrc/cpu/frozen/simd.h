@@ -48,3 +48,22 @@ inline void store_n(float* p, V v, int64_t n) {
     store_first(p, v, n);
   }
 }
+
+// Horizontal max by folding halves (as hsum does for sums): a few shuffles on registers.
+template <int Bytes>
+struct HMax {
+  typedef float W __attribute__((vector_size(Bytes)));
+  typedef float H __attribute__((vector_size(Bytes / 2)));
+  static inline float run(W v) {
+    H lo, hi;
+    __builtin_memcpy(&lo, &v, Bytes / 2);
+    __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + Bytes / 2, Bytes / 2);
+    return HMax<Bytes / 2>::run(lo > hi ? lo : hi);
+  }
+};
+template <>
+struct HMax<8> {
+  typedef float W __attribute__((vector_size(8)));
+  static inline float run(W v) { return v[0] > v[1] ? v[0] : v[1]; }
+};
+inline float hmax(V v) { return HMax<MF_VEC_BYTES>::run(v); }
