@@ -19,26 +19,34 @@ def test_frozen_model_reproduces_reference_logits(variant):
     assert relative_error(out, torch.tensor(logits, dtype=torch.float64)) < 1e-5
 
 
-@pytest.mark.parametrize("variant", mobileformer.VARIANT_NAMES)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
-def test_every_variant_frozen_matches_eval_reference(variant, dtype, memory_format):
+def _randomised_eval_model(variant, dtype=torch.float32):
     torch.manual_seed(0)
-    reference = mobileformer.create_model(variant).to(dtype)
-    # Non-trivial BatchNorm statistics, so that folding is actually exercised.
+    model = mobileformer.create_model(variant).to(dtype)
     with torch.no_grad():
-        for m in reference.modules():
+        for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.normal_(1, 0.1)
                 m.bias.normal_(0, 0.1)
-    reference.eval()
+    return model.eval()
+
+
+@pytest.mark.parametrize("variant", mobileformer.VARIANT_NAMES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_every_variant_frozen_matches_eval_reference(variant, dtype, memory_format):
+    # Non-trivial BatchNorm statistics, so that folding is actually exercised.
+    reference = _randomised_eval_model(variant, dtype)
     frozen = mf_kernels.freeze(copy.deepcopy(reference), memory_format=memory_format)
     images = torch.randn(2, 3, 64, 96, dtype=dtype)
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-5
     with torch.no_grad():
         expected, out = reference(images), frozen(images)
-    assert relative_error(out, expected) < (1e-10 if dtype == torch.float64 else 1e-5)
+        assert relative_error(out, expected) < tolerance
+        # The block-by-block path (other devices and dtypes, forward_features) in this dtype.
+        frozen._engine = None
+        assert relative_error(frozen(images), expected) < tolerance
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.modules())
 
 
@@ -67,19 +75,6 @@ def test_freeze_without_the_extension_is_a_clear_error(monkeypatch):
 
 
 # ---- The one-call CPU path (frozen_mobileformer) ----
-
-def _randomised_eval_model(variant, dtype=torch.float32):
-    torch.manual_seed(0)
-    model = mobileformer.create_model(variant).to(dtype)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.normal_(1, 0.1)
-                m.bias.normal_(0, 0.1)
-    return model.eval()
-
 
 def _images(batch, size, layout):
     images = torch.randn(batch, 3, size, size)

@@ -64,6 +64,24 @@ inline void softmax_row(float* row, int64_t M, int64_t ldS, float scale) {
   for (int64_t j = 0; j < ldS; j += L) vstore(row + j, vload(row + j) * inv);
 }
 
+// S [P, ldS] = x_h t_h^T: the scores of every position against every token (a.q) for the
+// head's channels [hc, hc + ch), unscaled.
+inline void head_scores(const Attention& a, int64_t hc, int64_t ch, float* packed, float* S,
+                        int64_t ldS) {
+  pack_transposed(a.q + hc, a.ldt, a.tokens, ch, packed);
+  Gemm g;
+  g.a = a.x + hc;
+  g.a_row_stride = a.ldx;
+  g.b = packed;
+  g.b_panel_stride = ch * kPanel;
+  g.c = S;
+  g.ldc = ldS;
+  g.rows = a.positions;
+  g.depth = ch;
+  g.cols = a.tokens;
+  gemm(g, 0, a.positions);
+}
+
 void m2f_attention(const Attention& a) {
   const int64_t P = a.positions, M = a.tokens, C = a.channels, ch = C / a.heads;
   const int64_t ldS = round_up(M, L);
@@ -74,19 +92,7 @@ void m2f_attention(const Attention& a) {
   std::vector<float> colsum(ldS);
   for (int64_t h = 0; h < a.heads; ++h) {
     const int64_t hc = h * ch;
-    // S = x_h q_h^T
-    pack_transposed(a.q + hc, a.ldt, M, ch, packed);
-    Gemm g;
-    g.a = a.x + hc;
-    g.a_row_stride = a.ldx;
-    g.b = packed;
-    g.b_panel_stride = ch * kPanel;
-    g.c = S;
-    g.ldc = ldS;
-    g.rows = P;
-    g.depth = ch;
-    g.cols = M;
-    gemm(g, 0, P);
+    head_scores(a, hc, ch, packed, S, ldS);
     // Softmax over p, one column per token: the column maxima, then 2^(s S - max) and sums.
     for (int64_t j = 0; j < ldS; j += L) {
       V mx = vset(-std::numeric_limits<float>::infinity());
@@ -129,19 +135,7 @@ void f2m_attention(const Attention& a) {
   float* packed = S + P * ldS;
   for (int64_t h = 0; h < a.heads; ++h) {
     const int64_t hc = h * ch;
-    // S = x_h k_h^T
-    pack_transposed(a.q + hc, a.ldt, M, ch, packed);
-    Gemm g;
-    g.a = a.x + hc;
-    g.a_row_stride = a.ldx;
-    g.b = packed;
-    g.b_panel_stride = ch * kPanel;
-    g.c = S;
-    g.ldc = ldS;
-    g.rows = P;
-    g.depth = ch;
-    g.cols = M;
-    gemm(g, 0, P);
+    head_scores(a, hc, ch, packed, S, ldS);
     // Softmax over the M tokens of each position's row (lanes past M masked out).
     for (int64_t p = 0; p < P; ++p) softmax_row(S + p * ldS, M, ldS, scale);
     // y_h = x_h + A v_h
