@@ -39,11 +39,29 @@ def _explain(error: BaseException) -> str:
     return f"the extension failed to load: {error}"
 
 
+# Ops the Python side registers fake implementations or autograd for. An extension built from
+# older sources loads but lacks some of them; it is then treated as not loaded.
+EXPECTED_OPS = ("dynamic_relu", "m2f_attention", "f2m_attention", "block_tokens",
+                "frozen_mobileformer", "cpu_isa")
+
+
+class _StaleBuild(ImportError):
+    pass
+
+
 try:
     from . import _C  # noqa: F401  (registers the ops)
 
+    _missing = [op for op in EXPECTED_OPS if not hasattr(torch.ops.mf_kernels, op)]
+    if _missing:
+        raise _StaleBuild(f"it lacks the ops {', '.join(_missing)}: it was built from older "
+                          "sources; rebuild it (`pip install --no-build-isolation -e .`)")
     LOADED = True
     WITH_CUDA = bool((_build_info() or {}).get("with_cuda"))
+except _StaleBuild as _error:
+    LOAD_ERROR = f"the extension is out of date: {_error}"
+    warnings.warn(f"mf_kernels: {LOAD_ERROR}. Falling back to the reference PyTorch "
+                  "implementation for every op.", RuntimeWarning, stacklevel=2)
 except (ImportError, OSError) as _error:
     LOAD_ERROR = _explain(_error)
     warnings.warn(f"mf_kernels: {LOAD_ERROR}. Falling back to the reference PyTorch "
