@@ -29,8 +29,8 @@ constexpr int64_t kSlack = 64;
 }  // namespace
 
 Geometry::Geometry(const Network& n, int64_t h, int64_t w) : height(h), width(w) {
-  const auto grow_map = [&](int64_t positions, int64_t channels) {
-    map_floats = std::max(map_floats, positions * channels);
+  const auto grow = [](int64_t& floats, int64_t positions, int64_t channels) {
+    floats = std::max(floats, positions * channels);
   };
   const auto grow_attention = [&](int64_t positions, int64_t channels) {
     attention_floats =
@@ -39,35 +39,39 @@ Geometry::Geometry(const Network& n, int64_t h, int64_t w) : height(h), width(w)
   int64_t max_channels = n.blocks.empty() ? 0 : n.blocks.front().in;
   h = conv_out(h, 2);
   w = conv_out(w, 2);
-  grow_map(h * w, n.stem.out);
+  grow(map_floats, h * w, n.stem.out);
   for (const Block& b : n.blocks) {
     max_channels = std::max({max_channels, b.in, b.out});
     max_out = std::max(max_out, b.out);
     if (b.kind != BlockKind::kLite) grow_attention(h * w, b.in);
     if (b.kind == BlockKind::kStride1) {
-      grow_map(h * w, b.pw1.out);
+      grow(temp_floats[0], h * w, b.pw1.out);
+      grow(temp_floats[1], h * w, b.pw1.out);
       hidden = std::max(hidden, b.pw1.out);
     } else {
       h = conv_out(h, b.dw1.stride);
       w = conv_out(w, b.dw1.stride);
-      grow_map(h * w, b.dw1.in * b.dw1.mult);
+      grow(temp_floats[0], h * w, b.dw1.in * b.dw1.mult);
       if (b.kind == BlockKind::kDown) {
-        grow_map(h * w, b.dw2.in * b.dw2.mult);
+        grow(temp_floats[1], h * w, b.out);
+        grow(temp_floats[2], h * w, b.dw2.in * b.dw2.mult);
         hidden = std::max({hidden, b.dw1.in * b.dw1.mult, b.dw2.in * b.dw2.mult});
       }
     }
-    grow_map(h * w, b.out);
+    grow(map_floats, h * w, b.out);
     if (b.kind != BlockKind::kLite) grow_attention(h * w, b.out);
   }
   const int64_t last = n.blocks.empty() ? n.stem.out : n.blocks.back().out;
   grow_attention(h * w, last);
-  grow_map(h * w, n.head.conv.out);
+  grow(temp_floats[0], h * w, last);               // the head's shuffled input (MF-26M)
+  grow(temp_floats[1], h * w, n.head.conv.out);    // the head's convolution
   token_floats = token_scratch_floats(n.tokens, n.dim, max_channels);
   feature_dim = n.head.conv.out + n.dim;
 }
 
 int64_t Geometry::workspace_floats(const Network& n) const {
-  return 5 * (map_floats + kSlack) + attention_floats + token_floats + n.tokens * n.dim +
+  return 2 * (map_floats + kSlack) + temp_floats[0] + temp_floats[1] + temp_floats[2] +
+         3 * kSlack + attention_floats + token_floats + n.tokens * n.dim +
          2 * (2 * hidden + kSlack) + n.tokens * 2 * max_out + 6 * kSlack;
 }
 
@@ -82,9 +86,9 @@ ImageRunner::ImageRunner(const KernelTable& t, const Network& n, const Geometry&
   };
   map_ = take(g.map_floats);
   next_ = take(g.map_floats);
-  temp0_ = take(g.map_floats);
-  temp1_ = take(g.map_floats);
-  temp2_ = take(g.map_floats);
+  temp0_ = take(g.temp_floats[0]);
+  temp1_ = take(g.temp_floats[1]);
+  temp2_ = take(g.temp_floats[2]);
   attention_ = take(g.attention_floats);
   token_scratch_ = take(g.token_floats);
   z_ = take(n.tokens * n.dim);

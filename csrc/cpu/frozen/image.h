@@ -13,7 +13,11 @@ namespace frozen {
 // Feature-map sizes of every stage, and the scratch they need, for an input of H x W.
 struct Geometry {
   int64_t height = 0, width = 0;  // input
-  int64_t map_floats = 0;         // the largest feature map, [P, C], of any stage
+  // The largest [P, C] map each buffer holds: block inputs and outputs (maps), and the three
+  // temporaries of a block (temp[0] the first hidden map, temp[1] the second or the down
+  // block's r, temp[2] the down block's second hidden map).
+  int64_t map_floats = 0;
+  int64_t temp_floats[3] = {0, 0, 0};
   int64_t attention_floats = 0;   // the largest attention scratch
   int64_t token_floats = 0;       // token_scratch_floats
   int64_t hidden = 0;             // the widest dynamic-ReLU layer (slopes are 2 x that)
