@@ -1,11 +1,11 @@
 """``mf-kernels check`` (also ``python -m mf_kernels check``): is every kernel right, here?
 
-For every op x backend that runs on ``--device`` x dtype x layout, at the real Mobile-Former
-shapes (:mod:`.plan`), forward and every gradient against the reference on fresh random inputs.
-Prints one table (one row per op, backend and dtype; pass/fail, the worst error against what the
-rule allows, microseconds), every failure in full, and which backend ``auto`` picks per op and
-dtype and why. Exit status: 0 when nothing failed, 1 on any failure (or, with
-``--fail-on-skip``, any skip), 2 on a bad argument.
+For every op and backend that runs on the device (--device), every dtype and layout, at the
+real Mobile-Former shapes (see mf_kernels/checking/plan.py): forward and every gradient against
+the reference on fresh random inputs. Prints one table (a row per op, backend and dtype: passed
+cases, the worst error against what the rule allows, microseconds), every failure in full, and
+which backend 'auto' picks per op, device and dtype, and why. Exit status: 0 when nothing
+failed, 1 on any failure (or, with --fail-on-skip, any skip), 2 on a bad argument.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, TextIO
 import mobileformer
 
 from . import plan as planning
-from .cases import DTYPES, Case, Result, run_case
+from .cases import DTYPES, Result, run_case
 from .numerics import LAYOUTS
 from .sites import OPS
 
@@ -202,25 +202,27 @@ def print_table(results: Sequence[Result], out: TextIO) -> None:
 
 
 def print_auto(device: str, out: TextIO) -> None:
-    rows = auto_choices(device)
+    """What auto runs per op and dtype: on the checked device's tensors, then on the other's."""
     notes: List[str] = []
-    out.write(f"\nWhat backend='auto' runs on {device} tensors, and why:\n")
-    for op in OPS:
-        parts = []
-        for row in (r for r in rows if r["op"] == op):
-            why = []
-            for backend, reasons in row["passed_over"].items():
-                for reason in reasons:
-                    if reason not in notes:
-                        notes.append(reason)
-                    why.append(f"{backend} [{notes.index(reason) + 1}]")
-            parts.append(f"{row['dtype']} {row['backend']}"
-                         + (f" (passed over: {', '.join(why)})" if why else ""))
-        out.write(f"  {op:<14} " + "; ".join(parts) + "\n")
+    for where in dict.fromkeys((device, "cpu", "cuda")):
+        rows = auto_choices(where)
+        out.write(f"\nWhat backend='auto' runs on {where} tensors, and why:\n")
+        for op in OPS:
+            groups: Dict[str, List[str]] = {}  # "backend (passed over ...)" -> dtypes
+            for row in (r for r in rows if r["op"] == op):
+                why = []
+                for backend, reasons in row["passed_over"].items():
+                    for reason in reasons:
+                        if reason not in notes:
+                            notes.append(reason)
+                    why.append(f"{backend} [" + ",".join(
+                        str(notes.index(reason) + 1) for reason in reasons) + "]")
+                text = row["backend"] + (f" (passed over: {', '.join(why)})" if why else "")
+                groups.setdefault(text, []).append(row["dtype"])
+            out.write(f"  {op:<14} " + "; ".join(f"{','.join(dtypes)}: {text}"
+                                                   for text, dtypes in groups.items()) + "\n")
     for i, note in enumerate(notes, 1):
         out.write(f"  [{i}] {note}\n")
-    if not notes:
-        out.write("  (each is the first backend of its device's order that can run)\n")
 
 
 def print_failures(results: Sequence[Result], out: TextIO) -> None:
