@@ -300,10 +300,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, out: TextIO =
             if args.verbose or result.failed:
                 timing = (f" {result.forward_us:.1f}/{result.forward_backward_us:.1f} µs"
                           if result.forward_us is not None else "")
+                verdict = result.message or (f"{result.worst} error {_fmt(result.error)} "
+                                             f"allowed {_fmt(result.allowed)}{timing}")
                 out.write(f"[{index + 1}/{len(cases)}] {result.status.upper()} "
-                          f"{case.describe()}: {result.worst} error {_fmt(result.error)} "
-                          f"allowed {_fmt(result.allowed)}{timing}"
-                          f"{' ' + result.message if result.message else ''}\n")
+                          f"{case.describe()}: {verdict}\n")
                 out.flush()
     wall = time.perf_counter() - started
     failed = sum(r.failed for r in results)
