@@ -268,7 +268,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, out: TextIO =
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     env = environment(selection.device)
     device = torch.device(selection.device)
-    out.write(f"mf-kernels check on {env.get('gpu', platform.processor() or 'the CPU')} "
+    from mf_kernels.benchmarking.environment import cpu_model
+
+    out.write(f"mf-kernels check on {env.get('gpu') or cpu_model()} "
               f"({selection.device}): torch {env['torch']}, triton {env['triton']}, "
               f"extension {env['extension']}; TRITON_INTERPRET={env['TRITON_INTERPRET'] or 0}\n")
     cases = planning.plan(selection)
