@@ -13,9 +13,12 @@ import os
 import re
 import shutil
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from typing import List
 
 from gpu_common import ROOT, Context, Result
+
+OPS = ("dynamic_relu", "m2f_attention", "f2m_attention")
 
 
 def _label(ctx: Context) -> str:
@@ -139,43 +142,65 @@ def build_for_stage2(ctx: Context) -> Result:
 # -- mf-kernels check --------------------------------------------------------------------------
 
 def check(ctx: Context) -> Result:
-    path = _out(ctx, "check.json")
-    command = [ctx.python, "-m", "mf_kernels", "check", "--json", path, "--verbose"]
+    """`mf-kernels check`, one process per op side by side (Triton compiles each kernel
+    specialisation on first use, on the CPU: three processes compile three times as fast; the
+    GPU has room for all three), merged into one record, ``stage1-check.json``."""
     # the default depth: every site of the seven variants in every dtype, layouts rotating,
     # MF-294M at batch 128, M = 100 (about 1000 cases; --full, 3x that, is for full-tests)
-    command += ["--device", "cpu", "--quick", "--seed", "0"] if ctx.dry else ["--device", "cuda"]
-    finished = ctx.run("check", command, 180)
-    try:
-        with open(path) as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return Result("check", _status(finished, False), finished.seconds,
-                      f"no record (exit {finished.returncode}): {finished.tail(3)}"[:500],
-                      log=finished.log)
-    cases = record["cases"]
+    depth = ["--device", "cpu", "--quick", "--seed", "0"] if ctx.dry else ["--device", "cuda"]
+    paths = {op: os.path.join(ctx.work, f"check-{op}.json") for op in OPS}
+
+    def one(op):
+        return ctx.run(f"check-{op}", [ctx.python, "-m", "mf_kernels", "check", "--ops", op,
+                                       "--json", paths[op], "--verbose", *depth], 200)
+
+    with ThreadPoolExecutor(len(OPS)) as pool:
+        finished = dict(zip(OPS, pool.map(one, OPS)))
+    records, problems = [], []
+    for op in OPS:
+        try:
+            with open(paths[op]) as f:
+                records.append(json.load(f))
+        except (OSError, ValueError):
+            problems.append(f"{op}: no record (exit {finished[op].returncode}): "
+                            f"{finished[op].tail(2)}"[:300])
+    seconds = max(f.seconds for f in finished.values())
+    timed_out = any(f.timed_out for f in finished.values())
+    if not records:
+        return Result("check", "timeout" if timed_out else "fail", seconds, "; ".join(problems))
+    cases = [case for record in records for case in record["cases"]]
+    merged = {**records[0], "cases": cases, "partial": any(r.get("partial") for r in records)
+              or bool(problems), "wall_s": seconds,
+              **{k: sum(r[k] for r in records) for k in ("passed", "failed", "skipped")}}
+    merged["selection"]["ops"] = [op for r in records for op in r["selection"]["ops"]]
+    with open(_out(ctx, "check.json"), "w") as f:
+        json.dump(merged, f, indent=1)
     ran = {}
     for case in cases:
         if case["status"] != "skip":
-            ran.setdefault(case["backend"], 0)
-            ran[case["backend"]] += 1
+            ran[case["backend"]] = ran.get(case["backend"], 0) + 1
     failures = [c for c in cases if c["status"] in ("fail", "error")]
     expected = ("cpu", "triton") if ctx.dry else ("cuda", "triton")
     missing = [b for b in expected if not ran.get(b)]
     skip_reasons = sorted({c["message"] for c in cases if c["status"] == "skip"})
-    summary = (f"{record['passed']} passed, {record['failed']} failed, {record['skipped']} "
-               f"skipped ({', '.join(f'{b}: {n} run' for b, n in ran.items())})")
-    if record.get("partial"):
-        summary += f" (PARTIAL: cut short after {len(cases)} cases)"
+    summary = (f"{merged['passed']} passed, {merged['failed']} failed, {merged['skipped']} "
+               f"skipped ({', '.join(f'{b}: {n} run' for b, n in ran.items())}), seed "
+               f"{merged['seed']}")
+    if merged["partial"]:
+        summary += " (PARTIAL: a process was cut short)"
+    summary += "".join(f"; {problem}" for problem in problems)
     for c in failures[:3]:
         summary += (f"; FAIL {c['op']} {c['backend']} {c['dtype']} {c['layout']} "
                     f"{c['batch']}x{'x'.join(map(str, c['chw']))} M{c['tokens']}: {c['message']}")
     if missing:
         summary += f"; NOTHING RAN on {', '.join(missing)}: {'; '.join(skip_reasons)[:300]}"
-    ok = finished.returncode == 0 and not failures and not missing
-    return Result("check", _status(finished, ok), finished.seconds, summary,
-                  {"passed": record["passed"], "failed": record["failed"],
-                   "skipped": record["skipped"], "ran": ran, "skip_reasons": skip_reasons,
-                   "auto": record["auto"], "failures": failures[:50]}, finished.log)
+    ok = (all(f.returncode == 0 for f in finished.values()) and not failures and not missing
+          and not problems)
+    status = "timeout" if timed_out else ("pass" if ok else "fail")
+    return Result("check", status, seconds, summary,
+                  {"passed": merged["passed"], "failed": merged["failed"],
+                   "skipped": merged["skipped"], "ran": ran, "skip_reasons": skip_reasons,
+                   "auto": merged["auto"], "failures": failures[:50]})
 
 
 # -- the curated GPU pytest tier ---------------------------------------------------------------
