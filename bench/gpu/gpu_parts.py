@@ -216,13 +216,14 @@ def _junit_counts(path: str) -> dict:
     return counts
 
 
-def _pytest(ctx: Context, name: str, args: List[str], timeout: float, xml: str) -> Result:
+def _pytest(ctx: Context, name: str, args: List[str], timeout: float, xml: str,
+            parallel: bool = True, per_test_s: int = 120) -> Result:
     command = [ctx.python, "-m", "pytest", *args, "-q", "-ra", "-p", "no:cacheprovider",
                f"--junitxml={xml}"]
-    if not ctx.dry and importlib.util.find_spec("xdist") is not None:
+    if parallel and not ctx.dry and importlib.util.find_spec("xdist") is not None:
         command += ["-n", str(min(8, max(1, (os.cpu_count() or 2) // 2)))]
     if importlib.util.find_spec("pytest_timeout") is not None:
-        command += ["--timeout", "300" if ctx.dry else "120"]
+        command += ["--timeout", str(300 if ctx.dry else per_test_s)]
     # compiled Triton on CUDA tensors: the conftest's default (the interpreter) would skip them
     finished = ctx.run(name, command, timeout, ctx.env(TRITON_INTERPRET="0"))
     try:
@@ -261,10 +262,11 @@ def full_tests(ctx: Context) -> List[Result]:
 
 
 def full_bench(ctx: Context) -> Result:
-    result = _pytest(ctx, "pytest-bench", [
+    """The pytest-benchmark GPU suites, one test at a time (timings must not share the GPU)."""
+    return _pytest(ctx, "pytest-bench", [
         "bench/test_gpu_ops.py", "bench/test_gpu_model.py", "--benchmark-only",
-        f"--benchmark-json={_out(ctx, 'benchmark.json')}"], 560, _out(ctx, "pytest.xml"))
-    return result
+        f"--benchmark-json={_out(ctx, 'benchmark.json')}"], 560, _out(ctx, "pytest.xml"),
+        parallel=False, per_test_s=540)
 
 
 # -- compute-sanitizer -------------------------------------------------------------------------
