@@ -70,3 +70,26 @@ def test_command_line_names_unknown_parts(capsys):
     assert "unknown part(s) ['chek']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         driver.main([])
+
+
+def test_the_cxx_standard_check_covers_what_setup_compiles():
+    """tools/cxx_std_check.py's translation units are setup.py's .cpp sources (read off the
+    build's record when there is one)."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "cxx_std_check", os.path.join(ROOT, "tools", "cxx_std_check.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    units = tool.translation_units()
+    assert "csrc/library.cpp" in units and all(u.endswith(".cpp") for u in units)
+    record = os.path.join(ROOT, "mf_kernels", "_build_info.json")
+    try:
+        with open(record) as f:
+            built = json.load(f)["sources"]
+    except (OSError, ValueError, KeyError):
+        pytest.skip("no build record (mf_kernels/_build_info.json) to compare with")
+    if any(os.path.getmtime(os.path.join(ROOT, u)) > os.path.getmtime(record) for u in units):
+        pytest.skip("the build is older than the sources (rebuild to compare)")
+    assert units == sorted(s for s in built if s.endswith(".cpp"))

@@ -35,10 +35,10 @@ CACHE = os.environ.get("MF_KERNELS_CACHE", os.path.join(os.path.expanduser("~"),
 
 
 def translation_units() -> List[str]:
-    """The .cpp files setup.py compiles (same globs)."""
-    patterns = ("csrc/*.cpp", "csrc/cpu/*.cpp", "csrc/composite/*.cpp")
-    return sorted(os.path.relpath(p, ROOT) for pattern in patterns
-                  for p in glob.glob(os.path.join(ROOT, pattern)))
+    """Every .cpp under csrc/: what setup.py compiles (tests/test_device_script.py holds the
+    two lists equal)."""
+    return sorted(os.path.relpath(p, ROOT)
+                  for p in glob.glob(os.path.join(ROOT, "csrc", "**", "*.cpp"), recursive=True))
 
 
 def installed_torch_include() -> str:
@@ -88,13 +88,16 @@ def main(argv: Sequence[str] = None) -> int:
     source.add_argument("--torch-version", help="use this torch's headers (from its wheel)")
     source.add_argument("--torch-include", help="a torch/include folder")
     parser.add_argument("--std", default="c++17,c++20", help="comma-separated (default both)")
+    parser.add_argument("--only", default=None, metavar="SUBSTRING",
+                        help="only the files whose path contains this")
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--compiler", default=os.environ.get("CXX", "c++"))
     args = parser.parse_args(argv)
     include = (wheel_headers(args.torch_version) if args.torch_version
                else args.torch_include or installed_torch_include())
     stds = [s.strip() for s in args.std.split(",") if s.strip()]
-    jobs = [(std, unit) for std in stds for unit in translation_units()]
+    jobs = [(std, unit) for std in stds for unit in translation_units()
+            if not args.only or args.only in unit]
     print(f"{len(jobs)} compiles ({', '.join(stds)}; torch headers {include}; "
           f"{args.jobs} at a time)", flush=True)
     started = time.perf_counter()
