@@ -177,3 +177,27 @@ def test_frozen_model_converted_to_float64_runs_block_by_block():
     images = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
         assert relative_error(frozen(images), reference(images)) < 1e-10
+
+
+def test_engine_is_safe_to_call_from_several_python_threads():
+    """Each concurrent call takes its own workspace from the pool."""
+    import threading
+
+    frozen = mf_kernels.freeze(_randomised_eval_model("mobileformer_26m"))
+    inputs = [torch.randn(1, 3, 64 + 8 * i, 64) for i in range(4)]
+    with torch.no_grad():
+        expected = [frozen(x) for x in inputs]
+    results = [None] * len(inputs)
+
+    def run(i):
+        with torch.no_grad():
+            for _ in range(5):
+                results[i] = frozen(inputs[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for out, ref in zip(results, expected):
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
