@@ -27,8 +27,8 @@ def conv_bn(c_in: int, c_out: int, kernel: int = 1, stride: int = 1, groups: int
 class Stem(nn.Sequential):
     """conv 3x3 / 2 -> BN -> ReLU6."""
 
-    def __init__(self, out_channels: int) -> None:
-        super().__init__(nn.Conv2d(3, out_channels, 3, 2, 1, bias=False),
+    def __init__(self, out_channels: int, in_channels: int = 3) -> None:
+        super().__init__(nn.Conv2d(in_channels, out_channels, 3, 2, 1, bias=False),
                          nn.BatchNorm2d(out_channels), nn.ReLU6(inplace=True))
 
 

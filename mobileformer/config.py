@@ -111,9 +111,25 @@ VARIANTS["mobileformer_26m"] = VariantConfig(
 VARIANT_NAMES: List[str] = list(VARIANTS)
 
 
+# The authors' names: their timm registry (mobile_former_294m) and their command lines
+# (mobile-former-294m).
+AUTHORS_NAMES: Dict[str, str] = {
+    "mobile_former_" + name.split("_")[1]: name for name in VARIANT_NAMES}
+
+
+def canonical_name(name: str) -> str:
+    """This project's name of a variant given ours or the authors' (either spelling)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a variant name (str), got {type(name).__name__}")
+    if name in VARIANTS:
+        return name
+    authors = name.replace("-", "_")
+    if authors in AUTHORS_NAMES:
+        return AUTHORS_NAMES[authors]
+    raise ValueError(
+        f"unknown Mobile-Former variant {name!r}; expected one of {VARIANT_NAMES} "
+        f"(or the authors' names {list(AUTHORS_NAMES)})")
+
+
 def get_config(name: str) -> VariantConfig:
-    try:
-        return VARIANTS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown Mobile-Former variant {name!r}; expected one of {VARIANT_NAMES}") from None
+    return VARIANTS[canonical_name(name)]

@@ -45,12 +45,15 @@ class MobileFormer(nn.Module):
     ``forward_features(images)`` -> (feature maps at strides 4, 8, 16, 32; tokens [B, M, d]).
     """
 
-    def __init__(self, config: VariantConfig, num_classes: int = 1000, dropout: float = 0.0):
+    def __init__(self, config: VariantConfig, num_classes: int = 1000, dropout: float = 0.0,
+                 in_chans: int = 3):
         super().__init__()
         self.config = config
+        self.num_classes = num_classes
+        self.in_chans = in_chans
         d, g = config.token_dim, config.groups
         self.tokens = nn.Embedding(config.num_tokens, d)
-        self.stem = Stem(config.stem)
+        self.stem = Stem(config.stem, in_chans)
         blocks: List[nn.Module] = []
         c_in = config.stem
         for block in config.blocks:
@@ -98,9 +101,12 @@ class MobileFormer(nn.Module):
 
 
 def create_model(name: str, num_classes: int = 1000, **kwargs) -> MobileFormer:
-    """Build a Mobile-Former variant by name (``mobileformer_508m`` ... ``mobileformer_26m``).
+    """Build a Mobile-Former variant by name (``mobileformer_508m`` ... ``mobileformer_26m``;
+    the authors' spellings ``mobile_former_294m`` and ``mobile-former-294m`` are accepted too).
 
     Keyword arguments go to :class:`MobileFormer` (``dropout``: classifier dropout, 0 by default;
-    the authors trained with 0.1 to 0.3).
+    the authors trained with 0.1 to 0.3; ``in_chans``: image channels, 3 by default). Weights
+    get PyTorch's default initialisation; :func:`mobileformer.init_weights` applies the
+    authors' (what their training from scratch used).
     """
     return MobileFormer(get_config(name), num_classes=num_classes, **kwargs)

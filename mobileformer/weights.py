@@ -31,18 +31,25 @@ def _unwrap(checkpoint) -> Dict[str, Tensor]:
     return dict(checkpoint)
 
 
-def load_official(model: nn.Module, state_dict_or_path: Union[StateDict, str, os.PathLike]):
+def load_official(model: nn.Module, state_dict_or_path: Union[StateDict, str, os.PathLike],
+                  skip: Sequence[str] = ()):
     """Load the authors' checkpoint (their key names) into ``model``, strictly.
 
     Every key of the checkpoint must be used and every parameter and buffer of the model filled,
     with equal shapes; otherwise one :class:`CheckpointMismatchError` lists the missing keys, the
     unexpected keys and the shape mismatches. Returns ``model``.
+
+    ``skip``: key prefixes left out on both sides (neither loaded nor required), e.g.
+    ``("classifier.classifier.1.",)`` to keep the model's own classifier when fine-tuning on
+    another number of classes.
     """
     source = state_dict_or_path
     if isinstance(source, (str, os.PathLike)):
         source = torch.load(source, map_location="cpu", weights_only=True)
-    state = _unwrap(source)
-    own = model.state_dict()
+    if isinstance(skip, str):
+        raise TypeError("skip: expected a sequence of key prefixes, got one str")
+    state = {k: v for k, v in _unwrap(source).items() if not k.startswith(tuple(skip))}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(tuple(skip))}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     misshaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -55,7 +62,32 @@ def load_official(model: nn.Module, state_dict_or_path: Union[StateDict, str, os
                 lines.append(f"  {title} ({len(keys)}):")
                 lines.extend(f"    {k}" for k in keys)
         raise CheckpointMismatchError("\n".join(lines))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=not skip)
+    return model
+
+
+def init_weights(model: nn.Module) -> nn.Module:
+    """The authors' initialisation for training from scratch (spec section 18), in place.
+
+    Convolutions N(0, 2 / (k_h k_w C_out)) (fan-out), bias 0; BatchNorm2d weight 1, bias 0;
+    every Linear N(0, 0.01^2), bias 0. LayerNorm, BatchNorm1d and the tokens keep PyTorch's
+    defaults (1, 0 and N(0, 1)), as in the authors' code. Every dynamic ReLU then starts as a
+    plain ReLU (a1 ~ 1, a2 ~ 0) and every Mobile->Former gate at ~1. Returns ``model``.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+                module.weight.normal_(0.0, math.sqrt(2.0 / fan_out))
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.BatchNorm2d):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+            elif isinstance(module, nn.Linear):
+                module.weight.normal_(0.0, 0.01)
+                if module.bias is not None:
+                    module.bias.zero_()
     return model
 
 
@@ -86,5 +118,5 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__: List[str] = ["CheckpointMismatchError", "load_official", "deterministic_tensor",
-                      "deterministic_state_dict", "num_params"]
+__all__: List[str] = ["CheckpointMismatchError", "load_official", "init_weights",
+                      "deterministic_tensor", "deterministic_state_dict", "num_params"]
