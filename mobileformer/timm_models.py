@@ -21,8 +21,8 @@ head's features), ``drop_rate`` (classifier dropout; the authors used 0.1 to 0.3
     timm.create_model("mobile_former_294m", pretrained=True,
                       pretrained_cfg_overlay=dict(file="mobile-former-294m.pth"))
 
-With another ``num_classes`` the checkpoint's classifier is left out; with another
-``in_chans`` the stem is adapted as timm does (``timm.models.adapt_input_conv``).
+A classifier that does not fit ``num_classes`` is left out (the model keeps its own); with
+another ``in_chans`` the stem is adapted as timm does (``timm.models.adapt_input_conv``).
 
 Why registration waits for timm's own import: importing timm takes seconds (it imports
 torchvision and torch._dynamo), and ``import mobileformer`` must not pay that for users who
@@ -127,7 +127,12 @@ def _load_checkpoint(model: MobileFormer, name: str, cfg: Mapping) -> None:
     if isinstance(source, (str, os.PathLike)):
         source = torch.load(source, map_location="cpu", weights_only=True)
     state = _unwrap(source)
-    skip = () if model.num_classes == cfg.get("num_classes", 1000) else (CLASSIFIER + ".",)
+    # A classifier for other classes than the checkpoint's stays the model's own (timm's rule);
+    # one that fits (e.g. a checkpoint fine-tuned on the same classes) loads with the rest.
+    own = model.state_dict()
+    fits = all(k in state and state[k].shape == own[k].shape
+               for k in own if k.startswith(CLASSIFIER + "."))
+    skip = () if model.num_classes and fits else (CLASSIFIER + ".",)
     stem_key = FIRST_CONV + ".weight"
     if model.in_chans != cfg["input_size"][0] and stem_key in state:
         from timm.models import adapt_input_conv

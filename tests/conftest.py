@@ -26,3 +26,23 @@ def _seed_and_restore_backend():
 def cuda_available() -> bool:
     """Queried lazily, inside tests, never at collection."""
     return torch.cuda.is_available()
+
+
+# The fast tier (`pytest -m fast`): what CI runs against the oldest tested torch (2.13.0), a
+# few minutes on two cores: the C++ kernels against the reference, the drop-in modules, the
+# reference model, the accelerated model's logits, and the timm registration. Test files (or
+# single tests) by node-id prefix, so that a new test in a listed file joins the tier without a
+# marker of its own; tests marked `slow` stay out.
+FAST_TIER = (
+    "test_dynamic_relu.py", "test_m2f_attention.py", "test_f2m_attention.py",
+    "test_modules.py", "test_model.py", "test_timm.py",
+    "test_accelerate.py::test_swaps_in_place_and_keeps_the_state_dict",
+    "test_accelerate.py::test_accelerated_model_reproduces_reference_logits",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        in_tier = item.nodeid.rsplit("/", 1)[-1].startswith(FAST_TIER)
+        if in_tier and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.fast)

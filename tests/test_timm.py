@@ -214,6 +214,14 @@ def test_pretrained_with_other_classes_keeps_a_fresh_classifier(timm):
             assert torch.equal(value, checkpoint["module." + key]), key
 
 
+def test_pretrained_fine_tuned_checkpoint_keeps_its_classifier(timm):
+    tuned = timm.create_model("mobile_former_26m", num_classes=10).state_dict()
+    model = timm.create_model("mobile_former_26m", pretrained=True, num_classes=10,
+                              pretrained_cfg_overlay=dict(state_dict=tuned))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, tuned[key]), key
+
+
 def test_pretrained_with_one_input_channel_sums_the_stem(timm):
     checkpoint = deterministic_checkpoint("mobileformer_26m")["state_dict"]
     model = timm.create_model("mobile_former_26m", pretrained=True, in_chans=1,
@@ -229,6 +237,18 @@ def test_pretrained_without_a_file_says_where_to_get_it(timm):
     assert CHECKPOINT_LINKS["mobileformer_294m"] in message
     assert "github.com/AAboys/MobileFormer" in message
     assert "pretrained_cfg_overlay=dict(file=" in message
+
+
+def test_load_official_skip_is_limited_to_its_prefixes():
+    checkpoint = deterministic_checkpoint("mobileformer_26m")["state_dict"]
+    model = mobileformer.create_model("mobileformer_26m", num_classes=10)
+    with pytest.raises(mobileformer.CheckpointMismatchError, match="classifier.classifier.1"):
+        mobileformer.load_official(model, checkpoint)
+    mobileformer.load_official(model, checkpoint, skip=("classifier.classifier.1.",))
+    del checkpoint["module.stem.0.weight"]
+    with pytest.raises(mobileformer.CheckpointMismatchError,
+                       match=r"(?s)missing keys \(1\):\s+stem.0.weight"):
+        mobileformer.load_official(model, checkpoint, skip=("classifier.classifier.1.",))
 
 
 def test_mismatching_checkpoint_raises_load_officials_error(timm, tmp_path):
