@@ -161,7 +161,7 @@ def synthetic_batches(args, num_classes: int, device, rank: int, count: int = 4)
         yield erase(images).to(device), labels.to(device)
 
 
-def image_folder(args, model, rank: int, world: int):
+def image_folder(args, model, rank: int, world: int, device):
     from torchvision.datasets import ImageFolder
     cfg = model.pretrained_cfg
     transform = create_transform(
@@ -172,9 +172,9 @@ def image_folder(args, model, rank: int, world: int):
     dataset = ImageFolder(root if os.path.isdir(root) else args.data, transform=transform)
     sampler = (torch.utils.data.DistributedSampler(dataset, world, rank, seed=args.seed)
                if world > 1 else torch.utils.data.RandomSampler(dataset))
-    return torch.utils.data.DataLoader(dataset, args.batch_size, sampler=sampler,
-                                       num_workers=args.workers, pin_memory=True,
-                                       drop_last=True, persistent_workers=args.workers > 0)
+    return torch.utils.data.DataLoader(
+        dataset, args.batch_size, sampler=sampler, num_workers=args.workers, drop_last=True,
+        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
 
 
 def peak_memory_mib(device) -> float:
@@ -209,7 +209,7 @@ def main(argv=None) -> dict:
     if args.synthetic:
         loader = list(synthetic_batches(args, num_classes, device, rank))
     else:
-        loader = image_folder(args, model, rank, world)
+        loader = image_folder(args, model, rank, world, device)
     optimizer, scheduler, mixup, loss_fn, ema = build_training(model, args, num_classes,
                                                                len(loader))
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
