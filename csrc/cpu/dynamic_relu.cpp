@@ -7,11 +7,25 @@
 //   grad_x[b,c,p]       = g * sum_{k in T} slope[b,c,k] / n
 //   grad_slope[b,c,k]   = sum_p [k in T] g * x[b,c,p] / n
 //   grad_intercept[b,c,k] = sum_p [k in T] g / n
+// A NaN piece makes the max NaN and T empty: as in the reference's autograd (g / 0 * 0), the
+// gradients that element touches are NaN. Without an intercept, grad_intercept is the gradient
+// of a zero intercept.
 //
-// Contiguous NCHW is processed plane by plane (one (b,c) pair per task, coefficients in
-// registers); channels_last row by row (one (b,p) pair per task, coefficients in a per-batch
-// [K, C] table so the inner loop over c is unit-stride). Any other layout is made contiguous
-// first. Arithmetic is in at::opmath_type (fp32 for fp16/bf16, fp64 for fp64).
+// Contiguous NCHW is processed plane by plane (a range of (b,c) planes per thread, the
+// coefficients broadcast into registers, the sums over the plane in vector registers).
+// channels_last: the forward row by row; the backward in tasks of (sample, chunk of
+// kRowsPerTask rows, group of channels), each also row by row, its sums in a [K, C] partial
+// buffer per chunk, added up in chunk order afterwards. The chunks do not depend on the thread
+// count (only the channel groups do, and they change no sum), so results are bitwise the same
+// with any number of threads. Any other layout is made contiguous first. Arithmetic is in
+// at::opmath_type (fp32 for fp16/bf16, fp64 for fp64). Threads only for tensors of more than
+// kMinElementsPerThread elements per thread.
+//
+// The inner kernels (dynamic_relu_kernels.h) are vector code compiled for the baseline and, as
+// a clone, for AVX2; attention::use_avx2() picks one at run time. They are branch-free: which
+// piece wins depends on the sign of x, so a branch per element is mispredicted half the time
+// (that, and one element at a time through memory-held sums, made the former backward ~100x
+// slower than the forward).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -19,48 +33,50 @@
 #include <torch/library.h>
 
 #include <type_traits>
-#include <vector>
 
 #include "../checks.h"
-#include "attention_common.h"  // use_avx2(): the run-time instruction-set choice
+#include "attention_common.h"  // use_avx2(), the vector helpers' prerequisites
 
 namespace mf_kernels {
 namespace {
 
-// Positions per task when reducing over channels_last rows: large enough to amortise the
-// partial-sum buffers, small enough to split a 56x56 map across threads.
-constexpr int64_t kRowsPerChunk = 1024;
+// The kernels' template parameters as one type: storage type S, accumulation type T, KC pieces
+// (0: any K, read at run time), kIcpt whether the pieces add an intercept.
+template <typename S_, int KC_, bool kIcpt_>
+struct Cfg {
+  typedef S_ S;
+  typedef at::opmath_type<S_> T;
+  static constexpr int KC = KC_;
+  static constexpr bool kIcpt = kIcpt_;
+  static constexpr int pieces(int K) { return KC_ > 0 ? KC_ : K; }
+};
 
-// NaN-propagating max, so a NaN piece yields NaN as torch.amax does.
-template <typename T>
-inline T nan_max(T a, T b) {
-  return (b > a || b != b) ? b : a;
+#define MF_ATTENTION_KERNELS "dynamic_relu_kernels.h"
+#include "attention_isa.h"  // isa_base / isa_avx2 builds of the kernels, MF_ISA_CALL
+
+// channels_last backward tasks: rows many enough that the partial sums (one [K, C] pair per
+// chunk) stay small next to the tensors, few enough that a 56x56 map splits across threads.
+constexpr int64_t kRowsPerTask = 128;
+// The narrowest channel group of a task (a multiple of every vector's lane count). Tasks split
+// the channels only when (sample, row chunk) pairs are too few to share among the threads
+// (batch 1 at 7x7: one chunk): a group's rows are runs of memory with gaps between them,
+// which stream less well than whole rows.
+constexpr int64_t kMinChannelsPerTask = 128;
+// Tasks per thread aimed at, so that uneven tasks still balance.
+constexpr int64_t kTasksPerThread = 4;
+// channels_last coefficient tables have at least this many channels (the widest vector: 8
+// fp32), zero-padded when C is smaller, so that every coefficient load is a whole vector.
+constexpr int64_t kMinTableChannels = 8;
+// Below this many elements per thread, threads cost more than they save.
+constexpr int64_t kMinElementsPerThread = 16384;
+
+int64_t grain(int64_t elements_per_item) {
+  return std::max<int64_t>(1, kMinElementsPerThread / std::max<int64_t>(1, elements_per_item));
 }
-
-// The authors' form (K = 2, no intercept) in fp32 is the hot loop of the model. The build has
-// no -march flag, so it is compiled twice: for the baseline (SSE2, 4 lanes) and, as a clone,
-// for AVX2 (8 lanes); use_avx2() picks one at run time. Both are plain loops that GCC
-// vectorises (the NaN-propagating max becomes a compare and a blend).
-#define MF_K2_LOOPS(ATTR, SUFFIX)                                                               \
-  ATTR void k2_plane_##SUFFIX(const float* x, float* y, int64_t n, float a1, float a2) {        \
-    for (int64_t i = 0; i < n; ++i) y[i] = nan_max(a1 * x[i], a2 * x[i]);                      \
-  }                                                                                             \
-  ATTR void k2_rows_##SUFFIX(const float* x, float* y, int64_t rows, int64_t n,                \
-                             const float* a1, const float* a2) {                                \
-    for (int64_t r = 0; r < rows; ++r, x += n, y += n) {                                        \
-      for (int64_t i = 0; i < n; ++i) y[i] = nan_max(a1[i] * x[i], a2[i] * x[i]);              \
-    }                                                                                           \
-  }
-MF_K2_LOOPS(, base)
-#if MF_KERNELS_HAVE_AVX2_CLONE
-MF_K2_LOOPS(__attribute__((target("avx2,fma"))), avx2)
-#define MF_K2(fn, ...) (attention::use_avx2() ? fn##_avx2(__VA_ARGS__) : fn##_base(__VA_ARGS__))
-#else
-#define MF_K2(fn, ...) fn##_base(__VA_ARGS__)
-#endif
 
 struct Shapes {
   int64_t B, C, P, K;
+  int64_t Cpad() const { return std::max(C, kMinTableChannels); }
 };
 
 Shapes check_inputs(const at::Tensor& x, const at::Tensor& slope,
@@ -69,190 +85,46 @@ Shapes check_inputs(const at::Tensor& x, const at::Tensor& slope,
   return {x.size(0), x.size(1), x.size(2) * x.size(3), slope.size(2)};
 }
 
-// Coefficients as a dense [B, C, K] table in opmath precision (zeros for a missing intercept).
-at::Tensor coefficients(const at::Tensor& t, at::ScalarType opmath) {
-  return t.to(opmath).contiguous();
+// The specialised kernels: the authors' form (K = 2, no intercept), K = 2 and K = 3 with
+// intercepts; any other K runs the run-time-K kernels. Only the authors' form reads no
+// intercepts; the others get zeros when there are none.
+template <typename scalar_t, typename Fn>
+void dispatch_pieces(int64_t K, bool has_intercept, const Fn& fn) {
+  if (K == 2 && !has_intercept) return fn(Cfg<scalar_t, 2, false>{});
+  if (K == 2) return fn(Cfg<scalar_t, 2, true>{});
+  if (K == 3) return fn(Cfg<scalar_t, 3, true>{});
+  fn(Cfg<scalar_t, 0, true>{});
 }
 
-template <typename scalar_t>
-void forward_kernel(const at::Tensor& x, const at::Tensor& s, const at::Tensor& t, at::Tensor& y,
-                    const Shapes& n, bool channels_last, bool has_intercept) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const opmath_t* sp = s.const_data_ptr<opmath_t>();
-  const opmath_t* tp = t.const_data_ptr<opmath_t>();
-  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-  const int64_t K = n.K;
-  if (!channels_last) {
-    at::parallel_for(0, n.B * n.C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bc = begin; bc < end; ++bc) {
-        const scalar_t* xr = xp + bc * n.P;
-        scalar_t* yr = yp + bc * n.P;
-        const opmath_t* sk = sp + bc * K;
-        const opmath_t* tk = tp + bc * K;
-        if constexpr (std::is_same_v<scalar_t, float>) {
-          if (K == 2 && !has_intercept) {
-            MF_K2(k2_plane, xr, yr, n.P, sk[0], sk[1]);
-            continue;
-          }
-        }
-        if (K == 2 && !has_intercept) {  // the authors' form: a tight, vectorisable loop
-          const opmath_t a1 = sk[0], a2 = sk[1];
-          for (int64_t p = 0; p < n.P; ++p) {
-            const opmath_t v = static_cast<opmath_t>(xr[p]);
-            yr[p] = static_cast<scalar_t>(nan_max(a1 * v, a2 * v));
-          }
-          continue;
-        }
-        for (int64_t p = 0; p < n.P; ++p) {
-          const opmath_t v = static_cast<opmath_t>(xr[p]);
-          opmath_t best = sk[0] * v + tk[0];
-          for (int64_t k = 1; k < K; ++k) best = nan_max(best, sk[k] * v + tk[k]);
-          yr[p] = static_cast<scalar_t>(best);
-        }
-      }
-    });
-    return;
-  }
-  // channels_last: transpose the coefficients to [B, K, C] so that c is the unit stride.
-  const at::Tensor s_t = s.transpose(1, 2).contiguous();
-  // The K = 2 path without intercepts reads no intercepts; every other path does.
-  const bool reads_intercepts = has_intercept || K != 2;
-  const at::Tensor t_t = reads_intercepts ? t.transpose(1, 2).contiguous() : s_t;
-  const opmath_t* st = s_t.const_data_ptr<opmath_t>();
-  const opmath_t* tt = t_t.const_data_ptr<opmath_t>();
-  at::parallel_for(0, n.B * n.P, 16, [&](int64_t begin, int64_t end) {
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (K == 2 && !has_intercept) {  // whole runs of rows of one sample per call
-        for (int64_t bp = begin; bp < end;) {
-          const int64_t b = bp / n.P, stop = std::min(end, (b + 1) * n.P);
-          const float* sb = st + b * 2 * n.C;
-          MF_K2(k2_rows, xp + bp * n.C, yp + bp * n.C, stop - bp, n.C, sb, sb + n.C);
-          bp = stop;
-        }
-        return;
-      }
-    }
-    for (int64_t bp = begin; bp < end; ++bp) {
-      const int64_t b = bp / n.P;
-      const scalar_t* xr = xp + bp * n.C;
-      scalar_t* yr = yp + bp * n.C;
-      const opmath_t* sb = st + b * K * n.C;
-      const opmath_t* tb = tt + b * K * n.C;
-      if (K == 2 && !has_intercept) {  // the authors' form: unit-stride, vectorisable
-        const opmath_t* a1 = sb;
-        const opmath_t* a2 = sb + n.C;
-        for (int64_t c = 0; c < n.C; ++c) {
-          const opmath_t v = static_cast<opmath_t>(xr[c]);
-          yr[c] = static_cast<scalar_t>(nan_max(a1[c] * v, a2[c] * v));
-        }
-        continue;
-      }
-      for (int64_t c = 0; c < n.C; ++c) {
-        const opmath_t v = static_cast<opmath_t>(xr[c]);
-        opmath_t best = sb[c] * v + tb[c];
-        for (int64_t k = 1; k < K; ++k) best = nan_max(best, sb[k * n.C + c] * v + tb[k * n.C + c]);
-        yr[c] = static_cast<scalar_t>(best);
-      }
-    }
-  });
+bool reads_intercepts(const Shapes& n, bool has_intercept) { return has_intercept || n.K != 2; }
+
+// Coefficients in opmath precision: [B, C, K] for NCHW, [B, K, Cpad] (Shapes::Cpad) for
+// channels_last. A missing intercept is zeros where the kernel reads it, else not built.
+struct Tables {
+  at::Tensor s, t;
+};
+
+at::Tensor table(const at::Tensor& coefficient, const Shapes& n, at::ScalarType opmath,
+                 bool channels_last) {
+  if (!channels_last) return coefficient.to(opmath).contiguous();
+  if (n.Cpad() == n.C) return coefficient.to(opmath).transpose(1, 2).contiguous();
+  at::Tensor padded = at::zeros({n.B, n.K, n.Cpad()}, coefficient.options().dtype(opmath));
+  padded.narrow(2, 0, n.C).copy_(coefficient.transpose(1, 2));
+  return padded;
 }
 
-// One element's backward: returns grad_x, adds into the per-(b,c) slope/intercept sums.
-template <typename opmath_t>
-inline opmath_t backward_element(opmath_t v, opmath_t g, const opmath_t* sk, const opmath_t* tk,
-                                 int64_t K, int64_t stride, opmath_t* gs, opmath_t* gt) {
-  opmath_t best = sk[0] * v + tk[0];
-  for (int64_t k = 1; k < K; ++k) best = nan_max(best, sk[k * stride] * v + tk[k * stride]);
-  int64_t ties = 0;
-  opmath_t slope_sum = 0;
-  for (int64_t k = 0; k < K; ++k) {
-    if (sk[k * stride] * v + tk[k * stride] == best) {
-      ++ties;
-      slope_sum += sk[k * stride];
-    }
+Tables tables(const at::Tensor& slope, const c10::optional<at::Tensor>& intercept,
+              const Shapes& n, at::ScalarType opmath, bool channels_last) {
+  Tables r;
+  r.s = table(slope, n, opmath, channels_last);
+  if (intercept.has_value()) {
+    r.t = table(*intercept, n, opmath, channels_last);
+  } else if (reads_intercepts(n, false)) {
+    r.t = at::zeros_like(r.s);
+  } else {
+    r.t = r.s;  // never read
   }
-  if (ties == 0) return slope_sum;  // NaN: no piece attains the max; no gradient flows
-  const opmath_t share = g / static_cast<opmath_t>(ties);
-  for (int64_t k = 0; k < K; ++k) {
-    if (sk[k * stride] * v + tk[k * stride] == best) {
-      gs[k * stride] += share * v;
-      gt[k * stride] += share;
-    }
-  }
-  return share * slope_sum;
-}
-
-template <typename scalar_t>
-void backward_kernel(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& s,
-                     const at::Tensor& t, at::Tensor& gx, at::Tensor& gs_out, at::Tensor& gt_out,
-                     const Shapes& n, bool channels_last) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  const scalar_t* gp = gy.const_data_ptr<scalar_t>();
-  const opmath_t* sp = s.const_data_ptr<opmath_t>();
-  const opmath_t* tp = t.const_data_ptr<opmath_t>();
-  scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
-  const int64_t K = n.K;
-  if (!channels_last) {
-    opmath_t* gsp = gs_out.mutable_data_ptr<opmath_t>();
-    opmath_t* gtp = gt_out.mutable_data_ptr<opmath_t>();
-    at::parallel_for(0, n.B * n.C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bc = begin; bc < end; ++bc) {
-        for (int64_t p = 0; p < n.P; ++p) {
-          const int64_t i = bc * n.P + p;
-          gxp[i] = static_cast<scalar_t>(backward_element<opmath_t>(
-              static_cast<opmath_t>(xp[i]), static_cast<opmath_t>(gp[i]), sp + bc * K,
-              tp + bc * K, K, 1, gsp + bc * K, gtp + bc * K));
-        }
-      }
-    });
-    return;
-  }
-  // channels_last: chunks of rows, each with its own [K, C] partial sums, reduced afterwards.
-  const at::Tensor s_t = s.transpose(1, 2).contiguous();  // [B, K, C]
-  const at::Tensor t_t = t.transpose(1, 2).contiguous();
-  const opmath_t* st = s_t.const_data_ptr<opmath_t>();
-  const opmath_t* tt = t_t.const_data_ptr<opmath_t>();
-  const int64_t chunks = (n.P + kRowsPerChunk - 1) / kRowsPerChunk;
-  std::vector<opmath_t> gs_part(n.B * chunks * K * n.C, 0), gt_part(gs_part.size(), 0);
-  at::parallel_for(0, n.B * chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / chunks, chunk = task % chunks;
-      const int64_t p_end = std::min(n.P, (chunk + 1) * kRowsPerChunk);
-      opmath_t* gs = gs_part.data() + task * K * n.C;
-      opmath_t* gt = gt_part.data() + task * K * n.C;
-      for (int64_t p = chunk * kRowsPerChunk; p < p_end; ++p) {
-        const int64_t row = (b * n.P + p) * n.C;
-        for (int64_t c = 0; c < n.C; ++c) {
-          gxp[row + c] = static_cast<scalar_t>(backward_element<opmath_t>(
-              static_cast<opmath_t>(xp[row + c]), static_cast<opmath_t>(gp[row + c]),
-              st + b * K * n.C + c, tt + b * K * n.C + c, K, n.C, gs + c, gt + c));
-        }
-      }
-    }
-  });
-  // Reduce the chunks and transpose [B, K, C] back to [B, C, K].
-  opmath_t* gsp = gs_out.mutable_data_ptr<opmath_t>();
-  opmath_t* gtp = gt_out.mutable_data_ptr<opmath_t>();
-  for (int64_t b = 0; b < n.B; ++b) {
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      const opmath_t* gs = gs_part.data() + (b * chunks + chunk) * K * n.C;
-      const opmath_t* gt = gt_part.data() + (b * chunks + chunk) * K * n.C;
-      for (int64_t k = 0; k < K; ++k) {
-        for (int64_t c = 0; c < n.C; ++c) {
-          gsp[(b * n.C + c) * K + k] += gs[k * n.C + c];
-          gtp[(b * n.C + c) * K + k] += gt[k * n.C + c];
-        }
-      }
-    }
-  }
-}
-
-at::Tensor intercept_or_zeros(const at::Tensor& slope, const c10::optional<at::Tensor>& intercept,
-                              at::ScalarType opmath) {
-  return intercept.has_value() ? coefficients(*intercept, opmath)
-                               : at::zeros(slope.sizes(), slope.options().dtype(opmath));
+  return r;
 }
 
 at::Tensor dynamic_relu_cpu(const at::Tensor& x, const at::Tensor& slope,
@@ -262,16 +134,88 @@ at::Tensor dynamic_relu_cpu(const at::Tensor& x, const at::Tensor& slope,
   at::Tensor y = at::empty(x.sizes(), x.options().memory_format(format));
   if (y.numel() == 0) return y;
   const at::Tensor xc = x.contiguous(format);
+  const bool channels_last = format == at::MemoryFormat::ChannelsLast;
+  const int K = static_cast<int>(n.K);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dynamic_relu", [&] {
     const auto opmath = c10::CppTypeToScalarType<at::opmath_type<scalar_t>>::value;
-    const at::Tensor s = coefficients(slope, opmath);
-    // Without an intercept the K = 2 paths read no intercepts: skip allocating zeros for them.
-    const at::Tensor t = intercept.has_value() || n.K != 2
-                             ? intercept_or_zeros(slope, intercept, opmath) : s;
-    forward_kernel<scalar_t>(xc, s, t, y, n, format == at::MemoryFormat::ChannelsLast,
-                             intercept.has_value());
+    const Tables c = tables(slope, intercept, n, opmath, channels_last);
+    dispatch_pieces<scalar_t>(n.K, intercept.has_value(), [&](auto cfg) {
+      using Config = decltype(cfg);
+      using T = typename Config::T;
+      const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+      scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+      const T* sp = c.s.const_data_ptr<T>();
+      const T* tp = c.t.const_data_ptr<T>();
+      if (!channels_last) {
+        at::parallel_for(0, n.B * n.C, grain(n.P), [&](int64_t begin, int64_t end) {
+          MF_ISA_CALL(forward_planes<Config>, xp, yp, sp, tp, n.P, K, begin, end);
+        });
+      } else {
+        at::parallel_for(0, n.B * n.P, grain(n.C), [&](int64_t begin, int64_t end) {
+          MF_ISA_CALL(forward_rows<Config>, xp, yp, sp, tp, n.P, n.C, n.Cpad(), K, begin, end);
+        });
+      }
+    });
   });
   return y;
+}
+
+// channels_last backward: tasks over (sample, row chunk, channel group), partial sums per row
+// chunk [2 (slope, intercept), chunks, B, K, Cpad], then added up in chunk order into gs, gt
+// ([B, C, K]).
+template <class Config>
+void backward_channels_last(const typename Config::S* xp, const typename Config::S* gp,
+                            typename Config::S* gxp, const Tables& c, const Shapes& n,
+                            at::Tensor& gs, at::Tensor& gt) {
+  using T = typename Config::T;
+  const int K = static_cast<int>(n.K);
+  const int64_t chunks = (n.P + kRowsPerTask - 1) / kRowsPerTask;
+  // Channel groups: a multiple of kMinChannelsPerTask channels each, the last one taking the
+  // remainder (so that no group but a lone one is shorter than a vector). Only the split of
+  // the channels depends on the thread count, and it changes no sum's order: the results do
+  // not depend on the thread count.
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int64_t wanted = (kTasksPerThread * threads + n.B * chunks - 1) / (n.B * chunks);
+  const int64_t groups = std::max<int64_t>(1, std::min(wanted, n.C / kMinChannelsPerTask));
+  const int64_t group_width =
+      groups == 1 ? n.C : n.C / groups / kMinChannelsPerTask * kMinChannelsPerTask;
+  const int64_t Cpad = n.Cpad();
+  const int64_t part_size = chunks * n.B * n.K * Cpad;  // per sum
+  at::Tensor part = at::empty({2 * part_size}, gs.options());
+  T* part_s = part.mutable_data_ptr<T>();
+  T* part_t = part_s + part_size;
+  const T* sp = c.s.const_data_ptr<T>();
+  const T* tp = c.t.const_data_ptr<T>();
+  const int64_t task_elements = std::min(n.P, kRowsPerTask) * group_width;
+  const int64_t tasks = n.B * chunks * groups;
+  at::parallel_for(0, tasks, grain(task_elements), [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t group = task % groups, chunk = task / groups % chunks;
+      const int64_t b = task / groups / chunks;
+      const int64_t offset = (chunk * n.B + b) * n.K * Cpad;
+      MF_ISA_CALL(backward_rows<Config>, xp, gp, gxp, sp, tp, part_s + offset, part_t + offset,
+                  n.P, n.C, Cpad, K, b, chunk * kRowsPerTask,
+                  std::min(n.P, (chunk + 1) * kRowsPerTask), group * group_width,
+                  group == groups - 1 ? n.C : (group + 1) * group_width);
+    }
+  });
+  T* gsp = gs.mutable_data_ptr<T>();
+  T* gtp = gt.mutable_data_ptr<T>();
+  at::parallel_for(0, n.B * n.C, grain(chunks * n.K), [&](int64_t begin, int64_t end) {
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const int64_t b = bc / n.C, ch = bc % n.C;
+      for (int64_t k = 0; k < n.K; ++k) {
+        T sum_s = 0, sum_t = 0;
+        for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+          const int64_t i = ((chunk * n.B + b) * n.K + k) * Cpad + ch;
+          sum_s += part_s[i];
+          sum_t += part_t[i];
+        }
+        gsp[bc * n.K + k] = sum_s;
+        gtp[bc * n.K + k] = sum_t;
+      }
+    }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_relu_backward_cpu(
@@ -282,18 +226,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_relu_backward_cpu(
   TORCH_CHECK_VALUE(grad_y.sizes() == x.sizes(), "grad_y: expected the shape of x ", x.sizes(),
               ", got ", grad_y.sizes());
   const at::MemoryFormat format = output_format(x);
+  const bool channels_last = format == at::MemoryFormat::ChannelsLast;
   at::Tensor gx = at::empty(x.sizes(), x.options().memory_format(format));
   at::Tensor gs, gt;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dynamic_relu_bwd",
                                   [&] {
     const auto opmath = c10::CppTypeToScalarType<at::opmath_type<scalar_t>>::value;
-    gs = at::zeros(slope.sizes(), slope.options().dtype(opmath));
-    gt = at::zeros(slope.sizes(), slope.options().dtype(opmath));
-    if (gx.numel() == 0) return;
-    backward_kernel<scalar_t>(grad_y.contiguous(format), x.contiguous(format),
-                              coefficients(slope, opmath),
-                              intercept_or_zeros(slope, intercept, opmath), gx, gs, gt, n,
-                              format == at::MemoryFormat::ChannelsLast);
+    if (gx.numel() == 0) {  // empty sums
+      gs = at::zeros(slope.sizes(), slope.options().dtype(opmath));
+      gt = at::zeros(slope.sizes(), slope.options().dtype(opmath));
+      return;
+    }
+    gs = at::empty(slope.sizes(), slope.options().dtype(opmath));  // every entry written
+    gt = at::empty(slope.sizes(), slope.options().dtype(opmath));
+    const at::Tensor gc = grad_y.contiguous(format), xc = x.contiguous(format);
+    const Tables c = tables(slope, intercept, n, opmath, channels_last);
+    dispatch_pieces<scalar_t>(n.K, intercept.has_value(), [&](auto cfg) {
+      using Config = decltype(cfg);
+      using T = typename Config::T;
+      const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+      const scalar_t* gp = gc.const_data_ptr<scalar_t>();
+      scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+      if (channels_last) {
+        backward_channels_last<Config>(xp, gp, gxp, c, n, gs, gt);
+        return;
+      }
+      const T* sp = c.s.const_data_ptr<T>();
+      const T* tp = c.t.const_data_ptr<T>();
+      T* gsp = gs.mutable_data_ptr<T>();
+      T* gtp = gt.mutable_data_ptr<T>();
+      const int K = static_cast<int>(n.K);
+      at::parallel_for(0, n.B * n.C, grain(n.P), [&](int64_t begin, int64_t end) {
+        MF_ISA_CALL(backward_planes<Config>, xp, gp, gxp, sp, tp, gsp, gtp, n.P, K, begin, end);
+      });
+    });
   });
   return {gx, gs.to(slope.scalar_type()), gt.to(slope.scalar_type())};
 }
