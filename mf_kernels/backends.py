@@ -165,9 +165,10 @@ def _dtype_reasons(backend: str, dtype: Optional[torch.dtype]) -> Tuple[str, ...
 
 def _reasons(op: str, backend: str, device_type: Optional[str],
              dtype: Optional[torch.dtype] = None) -> Tuple[str, ...]:
-    if (op, backend) not in _loaders:
-        return (f"{op} has no {backend} implementation",)
     reasons = _MACHINE_REASONS[backend]
+    if (op, backend) not in _loaders:
+        # a CPU-only build registers no cuda kernels: say why, not just that they are missing
+        return reasons or (f"{op} has no {backend} implementation",)
     if device_type is not None:
         reasons += _device_reasons(backend, device_type)
     return reasons + _dtype_reasons(backend, dtype)
