@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 namespace mf_kernels {
 
@@ -66,6 +67,32 @@ inline void check_m2f_attention_args(const at::Tensor& x, const at::Tensor& q, i
   check_float(x, "x");
   check_heads(heads, x.size(1), "x");
   check_tokens(x, q, "q");
+}
+
+// The log-sum-exp of m2f_attention's softmax, [B, heads, M], in the accumulation type of x
+// (float32 for float32/float16/bfloat16, float64 for float64).
+inline at::ScalarType lse_dtype(const at::Tensor& x) { return at::toOpMathType(x.scalar_type()); }
+
+inline void check_m2f_attention_backward_args(const at::Tensor& grad_out, const at::Tensor& x,
+                                              const at::Tensor& q, const at::Tensor& out,
+                                              const at::Tensor& lse, int64_t heads) {
+  check_m2f_attention_args(x, q, heads);
+  check_rank(grad_out, "grad_out", 3, "[B, M, C]");
+  check_same(x, grad_out, "x", "grad_out");
+  TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes(), "grad_out: expected the shape of q ", q.sizes(),
+                    ", got ", grad_out.sizes());
+  check_rank(out, "out", 3, "[B, M, C]");
+  check_same(x, out, "x", "out");
+  TORCH_CHECK_VALUE(out.sizes() == q.sizes(), "out: expected the shape of q ", q.sizes(), ", got ",
+                    out.sizes());
+  check_rank(lse, "lse", 3, "[B, heads, M]");
+  TORCH_CHECK_VALUE(lse.device() == x.device(), "lse: expected device ", x.device(),
+                    " (that of x), got ", lse.device());
+  TORCH_CHECK_TYPE(lse.scalar_type() == lse_dtype(x), "lse: expected dtype ", lse_dtype(x),
+                   " (the accumulation type of x), got ", lse.scalar_type());
+  TORCH_CHECK_VALUE(lse.size(0) == x.size(0) && lse.size(1) == heads && lse.size(2) == q.size(1),
+                    "lse: expected shape [B, heads, M] = [", x.size(0), ", ", heads, ", ",
+                    q.size(1), "], got ", lse.sizes());
 }
 
 inline void check_f2m_attention_args(const at::Tensor& x, const at::Tensor& k,

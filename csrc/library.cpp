@@ -4,7 +4,8 @@
 // csrc/cuda/<op>.cu (CUDA dispatch key). Fake (meta) implementations and autograd are
 // registered from Python (mf_kernels/ops/<op>.py). Backward ops take only what they need:
 // dynamic_relu and f2m_attention recompute everything from their inputs; m2f_attention takes
-// its forward output (for the softmax-gradient row sums) and recomputes the softmax statistics.
+// its forward output (for the softmax-gradient row sums) and the forward's log-sum-exp.
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(mf_kernels, m) {
@@ -16,12 +17,17 @@ TORCH_LIBRARY(mf_kernels, m) {
       "dynamic_relu_backward(Tensor grad_y, Tensor x, Tensor slope, Tensor? intercept)"
       " -> (Tensor, Tensor, Tensor)");
 
-  // out[b,m,hc] = sum_p softmax_p(s <q[b,m,hc], x[b,hc,p]>) x[b,hc,p], s = (C/heads)^-1/2
+  // out[b,m,hc] = sum_p softmax_p(s <q[b,m,hc], x[b,hc,p]>) x[b,hc,p], s = (C/heads)^-1/2,
+  // and the softmax's log-sum-exp lse[b,h,m] = log sum_p exp(s <q[b,m,hc], x[b,hc,p]>)
+  // ([B, heads, M], natural log, float32; float64 for float64 inputs; -inf for H*W = 0): the
+  // backward takes it instead of recomputing it. Returns (out, lse); lse has no gradient.
+  m.def("m2f_attention_with_lse(Tensor x, Tensor q, int heads) -> (Tensor, Tensor)");
+  // out alone: m2f_attention_with_lse(x, q, heads)[0] (CompositeImplicitAutograd, below).
   m.def("m2f_attention(Tensor x, Tensor q, int heads) -> Tensor");
   // Returns (grad_x, grad_q).
   m.def(
-      "m2f_attention_backward(Tensor grad_out, Tensor x, Tensor q, Tensor out, int heads)"
-      " -> (Tensor, Tensor)");
+      "m2f_attention_backward(Tensor grad_out, Tensor x, Tensor q, Tensor out, Tensor lse,"
+      " int heads) -> (Tensor, Tensor)");
 
   // y[b,hc,p] = x[b,hc,p] + sum_m softmax_m(s <x[b,hc,p], k[b,m,hc]>) v[b,m,hc]
   m.def("f2m_attention(Tensor x, Tensor k, Tensor v, int heads) -> Tensor");
@@ -77,4 +83,22 @@ TORCH_LIBRARY(mf_kernels, m) {
       "frozen_attention(Tensor x, Tensor tokens, Tensor? values, int heads, str? isa=None)"
       " -> Tensor");
   m.def("frozen_gelu(Tensor x, str? isa=None) -> Tensor");
+}
+
+namespace {
+
+// m2f_attention = the output of m2f_attention_with_lse: autograd and torch.compile see the
+// latter, whose autograd (mf_kernels/ops/m2f_attention.py) keeps lse for the backward.
+at::Tensor m2f_attention_composite(const at::Tensor& x, const at::Tensor& q, int64_t heads) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("mf_kernels::m2f_attention_with_lse", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t)>();
+  return std::get<0>(op.call(x, q, heads));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mf_kernels, CompositeImplicitAutograd, m) {
+  m.impl("m2f_attention", &m2f_attention_composite);
 }

@@ -8,9 +8,9 @@
 //   grad_q = s dS X^T,  grad_x = s Q^T dS + dO^T A
 //
 // The forward reads x once, tile by tile, with an online softmax (flash-attention's running
-// max and sum). The backward recomputes the softmax statistics in a first pass over x, then
-// makes a second pass that produces grad_x tile by tile and accumulates grad_q; A is never
-// stored. Work is split over (batch, head) and, when that leaves threads idle (batch 1 has
+// max and sum), and returns with out the log-sum-exp lse[b,h,m] = log sum_p exp(s <q, x>) of
+// every token row. The backward takes lse (A = exp(S - lse)) and makes one pass over x that
+// produces grad_x tile by tile and accumulates grad_q; A is never stored. Work is split over (batch, head) and, when that leaves threads idle (batch 1 has
 // only `heads` slices), over chunks of positions whose partial results are merged at the end.
 // Inner kernels: m2f_attention_kernels.h (per instruction set), attention_simd.h.
 #include <torch/library.h>
@@ -30,11 +30,12 @@ void check_inputs(const at::Tensor& x, const at::Tensor& q, int64_t heads) {
 
 // Merges the chunks of each (b, head): with the overall max mx*, the chunk weights are
 // 2^(mx_i - mx*) (the maxima are in base 2); the sum l and the output accumulator combine
-// with these weights. Writes the final max and sum (for the backward) to stats, and
-// out = acc / l when out is given.
+// with these weights. Writes lse = ln(2) (mx* + log2 l), the natural log-sum-exp of the row,
+// and out = acc / l.
 template <typename S, typename T>
-void merge_chunks(const Problem& n, const T* state, T* stats, S* out) {
+void merge_chunks(const Problem& n, const T* state, T* lse, S* out) {
   const int64_t M = n.M, ch = n.ch, size = n.M * (n.ch + 2);
+  constexpr double kLn2 = 0.6931471805599453;
   at::parallel_for(0, n.B * n.heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> acc(ch);
     for (int64_t bh = begin; bh < end; ++bh) {
@@ -50,62 +51,46 @@ void merge_chunks(const Problem& n, const T* state, T* stats, S* out) {
           const T* st = state + (bh * n.nchunks + i) * size;
           const T wgt = n.nchunks == 1 ? T(1) : std::exp2(st[m] - mx);
           l += wgt * st[M + m];
-          if (out != nullptr) {
-            for (int64_t c = 0; c < ch; ++c) acc[c] += wgt * st[2 * M + m * ch + c];
-          }
+          for (int64_t c = 0; c < ch; ++c) acc[c] += wgt * st[2 * M + m * ch + c];
         }
-        stats[bh * 2 * M + m] = mx;
-        stats[bh * 2 * M + M + m] = l;
-        if (out != nullptr) {
-          S* o = out + (b * M + m) * n.C + h * ch;
-          for (int64_t c = 0; c < ch; ++c) o[c] = static_cast<S>(acc[c] / l);
-        }
+        lse[bh * M + m] = static_cast<T>(kLn2) * (mx + std::log2(l));
+        S* o = out + (b * M + m) * n.C + h * ch;
+        for (int64_t c = 0; c < ch; ++c) o[c] = static_cast<S>(acc[c] / l);
       }
     }
   });
 }
 
-// The softmax statistics (and, with out given, the output) of every (b, head).
-template <typename S, typename T = at::opmath_type<S>>
-std::vector<T> forward_pass(const Problem& n, const S* x, const S* q, S* out) {
-  std::vector<T> state(n.tasks() * n.M * (n.ch + 2));
-  std::vector<T> stats(n.B * n.heads * 2 * n.M);
-  const bool values = out != nullptr;
-  at::parallel_for(0, n.tasks(), 1, [&](int64_t begin, int64_t end) {
-    MF_ISA_CALL(m2f_forward_tasks<S>, n, x, q, state.data(), values, begin, end);
-  });
-  merge_chunks(n, state.data(), stats.data(), out);
-  return stats;
-}
-
-at::Tensor m2f_attention_cpu(const at::Tensor& x, const at::Tensor& q, int64_t heads) {
+std::tuple<at::Tensor, at::Tensor> m2f_attention_with_lse_cpu(const at::Tensor& x,
+                                                              const at::Tensor& q,
+                                                              int64_t heads) {
   check_inputs(x, q, heads);
   const int64_t B = x.size(0), C = x.size(1), M = q.size(1);
-  if (x.size(2) * x.size(3) == 0) return at::zeros({B, M, C}, x.options());  // empty sums
   at::Tensor out = at::empty({B, M, C}, x.options());
-  if (out.numel() == 0) return out;
+  at::Tensor lse = at::empty({B, heads, M}, x.options().dtype(lse_dtype(x)));
+  if (x.size(2) * x.size(3) == 0) {  // a softmax over no position: empty sums
+    return {out.zero_(), lse.fill_(-std::numeric_limits<double>::infinity())};
+  }
+  if (out.numel() == 0) return {out, lse};
   const at::Tensor xc = attention::feature_map(x, x);
   const at::Tensor qc = q.contiguous();
   const Problem n = attention::make_problem(xc, M, heads);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "m2f_attention", [&] {
-    forward_pass<scalar_t>(n, xc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
-                           out.mutable_data_ptr<scalar_t>());
+    using T = at::opmath_type<scalar_t>;
+    std::vector<T> state(n.tasks() * n.M * (n.ch + 2));
+    at::parallel_for(0, n.tasks(), 1, [&](int64_t begin, int64_t end) {
+      MF_ISA_CALL(m2f_forward_tasks<scalar_t>, n, xc.const_data_ptr<scalar_t>(),
+                  qc.const_data_ptr<scalar_t>(), state.data(), begin, end);
+    });
+    merge_chunks(n, state.data(), lse.mutable_data_ptr<T>(), out.mutable_data_ptr<scalar_t>());
   });
-  return out;
+  return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cpu(const at::Tensor& grad_out,
-                                                              const at::Tensor& x,
-                                                              const at::Tensor& q,
-                                                              const at::Tensor& out,
-                                                              int64_t heads) {
-  check_inputs(x, q, heads);
-  check_same(x, grad_out, "x", "grad_out");
-  TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes(), "grad_out: expected the shape of q ",
-                    q.sizes(), ", got ", grad_out.sizes());
-  check_same(x, out, "x", "out");
-  TORCH_CHECK_VALUE(out.sizes() == q.sizes(), "out: expected the shape of q ", q.sizes(),
-                    ", got ", out.sizes());
+std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& q, const at::Tensor& out,
+    const at::Tensor& lse, int64_t heads) {
+  check_m2f_attention_backward_args(grad_out, x, q, out, lse, heads);
   const int64_t M = q.size(1);
   const at::Tensor xc = attention::feature_map(x, x);
   const Problem n = attention::make_problem(xc, M, heads);
@@ -116,17 +101,19 @@ std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cpu(const at::Tensor& 
   at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(output_format(x)));
   at::Tensor grad_q = at::empty(q.sizes(), q.options());
   const at::Tensor qc = q.contiguous(), gc = grad_out.contiguous(), oc = out.contiguous();
+  // The kernels' scores are in base 2: lse2 = log2(e) lse.
+  const at::Tensor lse2 = lse.mul(1.4426950408889634).contiguous();
   const auto dtype = x.scalar_type();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "m2f_attention_bwd", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     const scalar_t* qp = qc.const_data_ptr<scalar_t>();
-    const std::vector<T> stats = forward_pass<scalar_t>(n, xp, qp, nullptr);
     std::vector<T> dq(n.tasks() * M * n.ch);
     scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n.tasks(), 1, [&](int64_t begin, int64_t end) {
       MF_ISA_CALL(m2f_backward_tasks<scalar_t>, n, xp, qp, gc.const_data_ptr<scalar_t>(),
-                  oc.const_data_ptr<scalar_t>(), stats.data(), gx, dq.data(), begin, end);
+                  oc.const_data_ptr<scalar_t>(), lse2.const_data_ptr<T>(), gx, dq.data(), begin,
+                  end);
     });
     // grad_q = s * (sum of the chunks' dS X^T).
     scalar_t* gq = grad_q.mutable_data_ptr<scalar_t>();
@@ -150,7 +137,7 @@ std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cpu(const at::Tensor& 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mf_kernels, CPU, m) {
-  m.impl("m2f_attention", &m2f_attention_cpu);
+  m.impl("m2f_attention_with_lse", &m2f_attention_with_lse_cpu);
   m.impl("m2f_attention_backward", &m2f_attention_backward_cpu);
 }
 

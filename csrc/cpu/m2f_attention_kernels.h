@@ -6,7 +6,8 @@
 //
 //   forward:  S = Q X; online softmax over the positions (running max mx and sum l per
 //             token, rescaling the running output when the max grows); acc += 2^(S - mx) X^T
-//   backward: [S; dA] = [Q; dO] X; A = 2^(S - mx) / l with the final mx, l of the forward;
+//   backward: [S; dA] = [Q; dO] X; A = 2^(S - lse2) with the forward's log-sum-exp lse2 of
+//             the row (in base 2);
 //             dS = A (dA - delta); dQ += dS X^T; dX = [dO; Q]^T [A; dS]  (= dO^T A + s Q^T dS)
 //
 // so x is read once per pass and nothing of size M x P is ever stored.
@@ -14,11 +15,10 @@
 // Size of the per-task forward state: mx[M], l[M], acc[M, ch].
 inline int64_t m2f_state_size(const attention::Problem& n) { return n.M * (n.ch + 2); }
 
-// Forward (or, with values = false, only the softmax statistics mx and l) of tasks
-// [begin, end); task i writes its state at state + i * m2f_state_size(n).
+// Forward of tasks [begin, end); task i writes its state at state + i * m2f_state_size(n).
 template <typename S>
 void m2f_forward_tasks(const attention::Problem& n, const S* x, const S* q,
-                       at::opmath_type<S>* state, bool values, int64_t begin, int64_t end) {
+                       at::opmath_type<S>* state, int64_t begin, int64_t end) {
   using T = at::opmath_type<S>;
   const int64_t M = n.M, ch = n.ch;
   const auto buffer = attention::scratch<T>(M * ch + ch * n.tile + M * n.tile);
@@ -49,22 +49,22 @@ void m2f_forward_tasks(const attention::Problem& n, const S* x, const S* q,
         const T alpha = std::exp2(mx[m] - new_max);
         const T sum = exp2_row<false>(row, padded, new_max, T(1));
         l[m] = l[m] * alpha + sum;
-        if (values && alpha != T(1)) {
+        if (alpha != T(1)) {
           for (int64_t c = 0; c < ch; ++c) acc[m * ch + c] *= alpha;
         }
         mx[m] = new_max;
       }
-      if (values) tile_dots(s, padded, X, ldx, ch, acc, ch, M, padded);
+      tile_dots(s, padded, X, ldx, ch, acc, ch, M, padded);
     }
   }
 }
 
-// Backward of tasks [begin, end). stats holds, per (b, head), the final mx[M] then l[M];
+// Backward of tasks [begin, end). lse2 holds, per (b, head), the M rows' log2-sum-exp;
 // task i accumulates its unscaled dQ partial sum in dq + i * M * ch and writes its positions
 // of grad_x.
 template <typename S>
 void m2f_backward_tasks(const attention::Problem& n, const S* x, const S* q, const S* gout,
-                        const S* out, const at::opmath_type<S>* stats, S* gx,
+                        const S* out, const at::opmath_type<S>* lse2, S* gx,
                         at::opmath_type<S>* dq, int64_t begin, int64_t end) {
   using T = at::opmath_type<S>;
   const int64_t M = n.M, ch = n.ch;
@@ -92,8 +92,7 @@ void m2f_backward_tasks(const attention::Problem& n, const S* x, const S* q, con
       for (int64_t c = 0; c < ch; ++c) d += w[(M + m) * ch + c] * static_cast<T>(o[c]);
       delta[m] = d;
     }
-    const T* mx = stats + bh * 2 * M;
-    const T* l = mx + M;
+    const T* row_lse = lse2 + bh * M;
     T* dqt = dq + task * M * ch;
     std::fill(dqt, dqt + M * ch, T(0));
     for (int64_t i = n.chunk_begin(chunk); i < n.chunk_begin(chunk + 1); ++i) {
@@ -104,7 +103,7 @@ void m2f_backward_tasks(const attention::Problem& n, const S* x, const S* q, con
       for (int64_t m = 0; m < M; ++m) {
         T* a = z + m * padded;
         std::fill(a + len, a + padded, -inf);  // padding: A = 0, hence dS = 0
-        exp2_row<true>(a, padded, mx[m], T(1) / l[m]);
+        exp2_row<false>(a, padded, row_lse[m], T(1));
         softmax_backward_row(a, z + (M + m) * padded, padded, delta[m]);
       }
       tile_dots(z + M * padded, padded, X, ldx, ch, dqt, ch, M, padded);

@@ -15,7 +15,8 @@
 // Backward: grad_x as the forward; the sums over positions go to fp32 per-block partials
 // [splits, B, C, K] reduced in a fixed order by sum_splits_kernel (deterministic). NCHW: one
 // block per (plane b*C+c, position split); channels_last: a (channel tile, batch x position split)
-// grid of TX x TY blocks, threads over channels. Pieces are accumulated KMAX at a time (KMAX = 2
+// grid of TX x TY blocks, threads over channels, the block's sums reduced over positions by warp
+// shuffles and then one shared-memory pass per 16 sums. Pieces are accumulated KMAX at a time (KMAX = 2
 // or 4 registers per sum); K > 4 takes ceil(K/4) passes. Pieces are computed without fma
 // contraction (__fmul_rn/__fadd_rn), so forward and backward agree bit for bit on which pieces tie,
 // and fp32 matches the reference's rounding.
@@ -28,6 +29,8 @@ namespace cuda_kernels {
 namespace {
 
 constexpr int kThreads = 256;
+// Sums the channels_last backward reduces across warps per round of shared memory.
+constexpr int kReduceRound = 16;
 
 struct Shapes {
   int64_t B, C, P, K;
@@ -184,9 +187,10 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward, channels_last. block = (TX, TY), TX * TY = kThreads: threadIdx.x over vectors of V
-// channels (unit stride), threadIdx.y over positions. grid = (B * splits, channel tiles of
-// TX * V channels). Coefficients [B, K, C]; partials [splits, B, C, K]. C % V == 0.
+// Backward, channels_last. block = (TX, TY), TX * TY = kThreads, TX a power of two <= 32:
+// threadIdx.x over vectors of V channels (unit stride), threadIdx.y over positions. grid =
+// (B * splits, channel tiles of TX * V channels). Coefficients [B, K, C]; partials
+// [splits, B, C, K]. C % V == 0. Shared memory: cl_reduce_smem.
 template <typename scalar_t, int V, int KMAX>
 __global__ void __launch_bounds__(kThreads)
     backward_cl_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ x,
@@ -196,9 +200,11 @@ __global__ void __launch_bounds__(kThreads)
                        at::opmath_type<scalar_t>* __restrict__ part_t, int64_t B, int64_t C,
                        int64_t P, int K, int k0, int64_t split_len, int64_t splits) {
   using acc_t = at::opmath_type<scalar_t>;
-  MF_DYNAMIC_SMEM(acc_t, red);  // [TY][TX]
+  MF_DYNAMIC_SMEM(acc_t, red);  // [warps][kRound][TX]
   const int tx = threadIdx.x, ty = threadIdx.y, TX = blockDim.x, TY = blockDim.y;
-  const int64_t b = blockIdx.x / splits, split = blockIdx.x % splits;
+  // 32-bit division: a 64-bit one is a subroutine call, around which registers spill.
+  const int64_t b = blockIdx.x / static_cast<unsigned>(splits);
+  const int64_t split = blockIdx.x % static_cast<unsigned>(splits);
   const int64_t c0 = (static_cast<int64_t>(blockIdx.y) * TX + tx) * V;  // this thread's channels
   const bool active = c0 < C;
   const int64_t p_begin = split * split_len, p_end = std::min(P, p_begin + split_len);
@@ -225,24 +231,36 @@ __global__ void __launch_bounds__(kThreads)
       if (k0 == 0) *reinterpret_cast<Vec<scalar_t, V>*>(gx + e) = out;
     }
   }
-  // Reduce each of the 2 * V * KMAX sums over threadIdx.y, one sum at a time.
+  // Reduce the 2 * V * KMAX sums over threadIdx.y: first inside each warp, whose lanes tx,
+  // tx + TX, ... hold the same channels, with shuffles (no barrier); then across the warps
+  // through shared memory, kRound sums at a time: two barriers per round (at most four rounds)
+  // instead of two per sum.
+  constexpr int kSums = 2 * V * KMAX;
+  constexpr int kRound = kSums < kReduceRound ? kSums : kReduceRound;
+  const int tid = ty * TX + tx, nthreads = TX * TY;
+  const int lane = tid % kWarp, warp = tid / kWarp, warps = nthreads / kWarp;
 #pragma unroll
-  for (int j = 0; j < V; ++j) {
+  for (int r0 = 0; r0 < kSums; r0 += kRound) {
 #pragma unroll
-    for (int kk = 0; kk < KMAX; ++kk) {
-#pragma unroll
-      for (int which = 0; which < 2; ++which) {
-        red[ty * TX + tx] = which == 0 ? gs[j][kk] : gt[j][kk];
-        __syncthreads();
-        const int k = k0 + kk;
-        if (ty == 0 && active && k < K) {
-          acc_t sum = 0;
-          for (int y = 0; y < TY; ++y) sum += red[y * TX + tx];
-          (which == 0 ? part_s : part_t)[((split * B + b) * C + c0 + j) * K + k] = sum;
-        }
-        __syncthreads();
+    for (int r = 0; r < kRound; ++r) {
+      constexpr int kPerPiece = V * KMAX;
+      const int j = r0 + r, jv = (j % kPerPiece) / KMAX, kk = j % KMAX;
+      acc_t v = j < kPerPiece ? gs[jv][kk] : gt[jv][kk];
+      for (int o = kWarp / 2; o >= TX; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane < TX) red[(warp * kRound + r) * TX + lane] = v;  // lane == tx: the warp's sum
+    }
+    __syncthreads();
+    for (int i = tid; i < kRound * TX; i += nthreads) {
+      const int r = i / TX, col = i - r * TX, j = r0 + r;
+      const int jv = (j % (V * KMAX)) / KMAX, k = k0 + j % KMAX;
+      const int64_t c = (static_cast<int64_t>(blockIdx.y) * TX + col) * V + jv;
+      if (c < C && k < K) {
+        acc_t sum = 0;
+        for (int w = 0; w < warps; ++w) sum += red[(w * kRound + r) * TX + col];
+        (j < V * KMAX ? part_s : part_t)[((split * B + b) * C + c) * K + k] = sum;
       }
     }
+    __syncthreads();  // the next round overwrites red
   }
 }
 
@@ -324,7 +342,8 @@ void launch_backward(const at::Tensor& gy, const at::Tensor& x, at::Tensor& gx, 
     while (tx < kWarp && tx * V < n.C) tx *= 2;
     const int ty = kThreads / tx;
     const int64_t tiles = ceil_div(n.C, static_cast<int64_t>(tx) * V);
-    const size_t smem = sizeof(acc_t) * kThreads;
+    // [warps][kRound][TX] partial sums of one round.
+    const size_t smem = sizeof(acc_t) * (kThreads / kWarp) * std::min(2 * V * KMAX, kReduceRound) * tx;
     MF_LAUNCH(dim3(static_cast<unsigned>(n.B * splits), static_cast<unsigned>(tiles)), dim3(tx, ty),
               smem, ctx.stream, backward_cl_kernel<scalar_t, V, KMAX>)(
         gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),

@@ -64,8 +64,8 @@ __global__ void __launch_bounds__(kThreads)
                    const scalar_t* __restrict__ v, scalar_t* __restrict__ y, const Params p) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t tiles = ceil_div(p.P, p.tp);
-  const int64_t tile = blockIdx.x % tiles, bh = blockIdx.x / tiles;
-  const int64_t h = bh % p.heads, b = bh / p.heads;
+  int64_t b, h, tile;
+  tile_block_coords(p, tiles, b, h, tile);
   const int D = static_cast<int>(p.D), tp = static_cast<int>(p.tp), ld = tp + 1;
   const int64_t c0 = h * p.D, t0 = tile * p.tp;
   const int valid = static_cast<int>(std::min<int64_t>(p.tp, p.P - t0));
@@ -149,8 +149,8 @@ __global__ void __launch_bounds__(kThreads)
                  at::opmath_type<scalar_t>* __restrict__ lse, at::opmath_type<scalar_t>* __restrict__ rowdot) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t tiles = ceil_div(p.P, p.tp);
-  const int64_t tile = blockIdx.x % tiles, bh = blockIdx.x / tiles;
-  const int64_t h = bh % p.heads, b = bh / p.heads;
+  int64_t b, h, tile;
+  tile_block_coords(p, tiles, b, h, tile);
   const int D = static_cast<int>(p.D), tp = static_cast<int>(p.tp), ld = tp + 1;
   const int64_t c0 = h * p.D, t0 = tile * p.tp;
   const int valid = static_cast<int>(std::min<int64_t>(p.tp, p.P - t0));
@@ -234,12 +234,8 @@ __global__ void __launch_bounds__(kThreads)
                     scalar_t* __restrict__ gx, at::opmath_type<scalar_t>* __restrict__ gx_acc,
                     at::opmath_type<scalar_t>* __restrict__ pgk, at::opmath_type<scalar_t>* __restrict__ pgv) {
   using acc_t = at::opmath_type<scalar_t>;
-  int64_t r = blockIdx.x;
-  const int64_t split = r % p.splits;
-  r /= p.splits;
-  const int64_t chunk = r % p.chunks;
-  r /= p.chunks;
-  const int64_t h = r % p.heads, b = r / p.heads;
+  const Block blk = block_coords(p);
+  const int64_t split = blk.split, chunk = blk.chunk, h = blk.h, b = blk.b;
   const int D = static_cast<int>(p.D), tp = static_cast<int>(p.tp), ld = tp + 1;
   const int64_t m0 = chunk * p.mt, c0 = h * p.D;
   const int mc = static_cast<int>(std::min<int64_t>(p.mt, p.M - m0));

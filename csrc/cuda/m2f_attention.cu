@@ -3,10 +3,10 @@
 //   out[b,m,hc] = sum_p A[b,h,m,p] x[b,hc,p],  A = softmax_p(s <q[b,m,hc], x[b,hc,p]>),
 //   s = (C/heads)^-1/2, hc the C/heads = D channels of head h, p over the P = H*W positions.
 //
-// Backward (grad_out = dO), with the softmax statistics recomputed from x and q:
-//   delta[m] = sum_c dO[m,c] O[m,c]            (per head; O = out in fp32/fp64; in fp16/bf16 the
-//                                               fp32 output recomputed by the statistics pass,
-//                                               since the rounded out biases every dS by A eps)
+// The forward also returns lse[b,h,m] = log sum_p exp(s <q[b,m,hc], x[b,hc,p]>) (natural log,
+// [B, heads, M]), so that the backward gets A = exp(s <q, x> - lse) without a statistics pass.
+// Backward (grad_out = dO, out = O):
+//   delta[m] = sum_c dO[m,c] O[m,c]            (per head)
 //   dS[m,p]  = A[m,p] (<dO[m], x[p]> - delta[m])
 //   grad_q   = s dS x^T,   grad_x[p] = s sum_m dS[m,p] q[m] + sum_m A[m,p] dO[m]
 //
@@ -15,13 +15,13 @@
 // global memory, coalesced for NCHW and channels_last alike), scores [mt, tp] are computed from
 // it, each token row keeps an online softmax (running max and sum, one warp per row), and the
 // unnormalised output [mt, D] accumulates in shared memory. Each block writes fp32 partials
-// (max, sum, output) and a combine kernel merges the splits. With M <= 32 tokens (the model has
-// 3 to 6) there is a single chunk and x is read once; M > 32 re-reads x once per chunk.
-// Backward: the same grid computes the statistics (log2-sum-exp per token, and in fp16/bf16 the
-// fp32 output for delta; one warp per token row merges the splits), then one block per
-// (b, head, chunk, split) recomputes A and dS tile by tile, writes grad_x for its tile (fp32
-// atomics when there are several chunks) and accumulates grad_q in shared memory, written as
-// per-split partials and summed in a fixed order. Scores are kept in the log2 domain (exp2).
+// (max, sum, output) and a combine kernel merges the splits into out and lse. With M <= 32
+// tokens (the model has 3 to 6) there is a single chunk and x is read once; M > 32 re-reads x
+// once per chunk.
+// Backward: one block per (b, head, chunk, split) recomputes A (from lse) and dS tile by tile,
+// writes grad_x for its tile (fp32 atomics when there are several chunks) and accumulates
+// grad_q in shared memory, written as per-split partials and summed in a fixed order. Scores
+// are kept in the log2 domain (exp2).
 #include <torch/library.h>
 
 #include "attention.cuh"
@@ -31,31 +31,14 @@ namespace mf_kernels {
 namespace cuda_kernels {
 namespace {
 
-// Which (b, head, chunk, split) a block handles: blockIdx.x = ((b*heads + h)*chunks + chunk)*splits + s.
-struct Block {
-  int64_t b, h, chunk, split;
-};
-
-__device__ __forceinline__ Block block_coords(const Params& p) {
-  int64_t r = blockIdx.x;
-  Block k;
-  k.split = r % p.splits;
-  r /= p.splits;
-  k.chunk = r % p.chunks;
-  r /= p.chunks;
-  k.h = r % p.heads;
-  k.b = r / p.heads;
-  return k;
+// Shared memory of the forward kernel, in elements.
+inline int64_t forward_smem(int64_t mt, int64_t tp, int64_t D) {
+  return 2 * mt * D + D * (tp + 1) + mt * tp + 3 * mt;  // q, acc, x tile, scores, row stats
 }
 
-// Shared memory of the forward / statistics kernel, in elements.
-inline int64_t forward_smem(int64_t mt, int64_t tp, int64_t D, bool with_acc) {
-  return mt * D + D * (tp + 1) + mt * tp + 3 * mt + (with_acc ? mt * D : 0);
-}
-
-// Forward (WITH_ACC) or statistics only. Partials: pmax, psum [splits, B, heads, M] (log2
-// domain), pacc [splits, B, M, C] (unnormalised output).
-template <typename scalar_t, bool WITH_ACC>
+// Forward. Partials: pmax, psum [splits, B, heads, M] (log2 domain), pacc [splits, B, M, C]
+// (unnormalised output).
+template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ q, const Params p,
                    at::opmath_type<scalar_t>* __restrict__ pmax,
@@ -79,12 +62,12 @@ __global__ void __launch_bounds__(kThreads)
   acc_t* rmax = ss + p.mt * tp;    // [mt] running max (log2 domain)
   acc_t* rsum = rmax + p.mt;       // [mt] running sum
   acc_t* corr = rsum + p.mt;       // [mt] this tile's rescaling of the accumulator
-  acc_t* acc = corr + p.mt;        // [mt][D] (WITH_ACC)
+  acc_t* acc = corr + p.mt;        // [mt][D]
 
   for (int i = tid; i < mt * D; i += nthreads) {
     const int m = i / D, d = i - m * D;
     qs[i] = static_cast<acc_t>(q[(blk.b * p.M + m0 + m) * p.C + c0 + d]);
-    if (WITH_ACC) acc[i] = acc_t(0);
+    acc[i] = acc_t(0);
   }
   for (int m = tid; m < mt; m += nthreads) {
     rmax[m] = -INFINITY;
@@ -128,14 +111,12 @@ __global__ void __launch_bounds__(kThreads)
         corr[m] = c;
       }
     }
-    if (WITH_ACC) {
-      __syncthreads();
-      for (int i = tid; i < mt * D; i += nthreads) {
-        const int m = i / D, d = i - m * D;
-        acc_t a = acc[i] * corr[m];
-        for (int t = 0; t < valid; ++t) a += ss[m * tp + t] * xs[d * ld + t];
-        acc[i] = a;
-      }
+    __syncthreads();
+    for (int i = tid; i < mt * D; i += nthreads) {
+      const int m = i / D, d = i - m * D;
+      acc_t a = acc[i] * corr[m];
+      for (int t = 0; t < valid; ++t) a += ss[m * tp + t] * xs[d * ld + t];
+      acc[i] = a;
     }
   }
   __syncthreads();
@@ -144,20 +125,20 @@ __global__ void __launch_bounds__(kThreads)
     pmax[stats + m] = rmax[m];
     psum[stats + m] = rsum[m];
   }
-  if (WITH_ACC) {
-    for (int i = tid; i < mt * D; i += nthreads) {
-      const int m = i / D, d = i - m * D;
-      pacc[((blk.split * p.B + blk.b) * p.M + m0 + m) * p.C + c0 + d] = acc[i];
-    }
+  for (int i = tid; i < mt * D; i += nthreads) {
+    const int m = i / D, d = i - m * D;
+    pacc[((blk.split * p.B + blk.b) * p.M + m0 + m) * p.C + c0 + d] = acc[i];
   }
 }
 
-// out[b, m, c] from the partials of every split.
+// out[b, m, c] from the partials of every split, and lse[b, h, m] = ln 2 (max + log2 sum) from
+// the thread of the head's first channel.
 template <typename scalar_t>
 __global__ void combine_kernel(const at::opmath_type<scalar_t>* __restrict__ pmax,
                                const at::opmath_type<scalar_t>* __restrict__ psum,
                                const at::opmath_type<scalar_t>* __restrict__ pacc,
-                               scalar_t* __restrict__ out, const Params p) {
+                               scalar_t* __restrict__ out,
+                               at::opmath_type<scalar_t>* __restrict__ lse, const Params p) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = p.B * p.M * p.C;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -173,33 +154,7 @@ __global__ void combine_kernel(const at::opmath_type<scalar_t>* __restrict__ pma
       o += pacc[(s * p.B + b) * p.M * p.C + m * p.C + c] * w;
     }
     out[i] = static_cast<scalar_t>(o / sum);
-  }
-}
-
-// Per token row (b, h, m), one warp each: lse = log2 sum_p 2^(score) from the statistics
-// partials, and, when pacc is given (fp16/bf16), the fp32 output o32 [B, M, C] merged from it.
-template <typename acc_t>
-__global__ void row_stats_kernel(const acc_t* __restrict__ pmax, const acc_t* __restrict__ psum,
-                                 const acc_t* __restrict__ pacc, acc_t* __restrict__ lse,
-                                 acc_t* __restrict__ o32, const Params p) {
-  const int64_t n = p.B * p.heads * p.M;
-  const int lane = threadIdx.x % kWarp;
-  const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / kWarp) + threadIdx.x / kWarp;
-  if (row >= n) return;  // warp-uniform
-  const int64_t m = row % p.M, bh = row / p.M, h = bh % p.heads, b = bh / p.heads;
-  acc_t top = -INFINITY;
-  for (int64_t s = 0; s < p.splits; ++s) top = fmax2(top, pmax[s * n + row]);
-  acc_t sum = 0;
-  for (int64_t s = 0; s < p.splits; ++s) sum += psum[s * n + row] * fexp2(pmax[s * n + row] - top);
-  if (lane == 0) lse[row] = top + flog2(sum);
-  if (pacc == nullptr) return;
-  const int64_t o = (b * p.M + m) * p.C + h * p.D;  // [B, M, C] offset of the head's channels
-  for (int64_t d = lane; d < p.D; d += kWarp) {
-    acc_t value = 0;
-    for (int64_t s = 0; s < p.splits; ++s) {
-      value += pacc[s * p.B * p.M * p.C + o + d] * fexp2(pmax[s * n + row] - top);
-    }
-    o32[o + d] = value / sum;
+    if (c == h * p.D) lse[(b * p.heads + h) * p.M + m] = static_cast<acc_t>(kLn2) * (top + flog2(sum));
   }
 }
 
@@ -208,14 +163,13 @@ inline int64_t backward_smem(int64_t mt, int64_t tp, int64_t D) {
   return 3 * mt * D + D * (tp + 1) + 2 * mt * tp + 2 * mt;
 }
 
-// Backward. lse: [B, heads, M]; delta uses o32 [B, M, C] when given, else out. grad_x: written
-// directly (gx) with a single chunk, else added with atomics into gx_acc (zero-initialised, the
-// layout of gx). pdq: [splits, B, M, C], the unscaled sum_p dS x of each split.
+// Backward. lse: [B, heads, M] (natural log). grad_x: written directly (gx) with a single chunk,
+// else added with atomics into gx_acc (zero-initialised, the layout of gx). pdq:
+// [splits, B, M, C], the unscaled sum_p dS x of each split.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ gout, const scalar_t* __restrict__ x,
                     const scalar_t* __restrict__ q, const scalar_t* __restrict__ out,
-                    const at::opmath_type<scalar_t>* __restrict__ o32,
                     const at::opmath_type<scalar_t>* __restrict__ lse, const Params p,
                     scalar_t* __restrict__ gx, at::opmath_type<scalar_t>* __restrict__ gx_acc,
                     at::opmath_type<scalar_t>* __restrict__ pdq) {
@@ -237,7 +191,7 @@ __global__ void __launch_bounds__(kThreads)
   acc_t* xs = dq + p.mt * D;      // [D][tp + 1]
   acc_t* as = xs + D * ld;        // [mt][tp] A
   acc_t* ds = as + p.mt * tp;     // [mt][tp] dS
-  acc_t* lses = ds + p.mt * tp;   // [mt]
+  acc_t* lses = ds + p.mt * tp;   // [mt] log2-sum-exp
   acc_t* delta = lses + p.mt;     // [mt]
 
   for (int i = tid; i < mt * D; i += nthreads) {
@@ -248,14 +202,13 @@ __global__ void __launch_bounds__(kThreads)
     dq[i] = acc_t(0);
   }
   for (int m = tid; m < mt; m += nthreads) {
-    lses[m] = lse[(blk.b * p.heads + blk.h) * p.M + m0 + m];
+    lses[m] = lse[(blk.b * p.heads + blk.h) * p.M + m0 + m] * static_cast<acc_t>(kLog2e);
     // delta = <dO, O>, summed in the order of <dO, x> below, so that both agree exactly where
     // they should (one position: O = x and dS = 0).
     const int64_t o = (blk.b * p.M + m0 + m) * p.C + c0;
     acc_t dot = 0;
     for (int d = 0; d < D; ++d) {
-      const acc_t value = o32 != nullptr ? o32[o + d] : static_cast<acc_t>(out[o + d]);
-      dot += static_cast<acc_t>(gout[o + d]) * value;  // dos[] is not complete yet
+      dot += static_cast<acc_t>(gout[o + d]) * static_cast<acc_t>(out[o + d]);  // dos[] is not complete yet
     }
     delta[m] = dot;
   }
@@ -330,7 +283,7 @@ Inputs check_inputs(const at::Tensor& x, const at::Tensor& q, int64_t heads) {
 }
 
 template <typename acc_t>
-Params make_params(const Inputs& n, bool cl, bool with_acc_smem, bool backward, const DeviceContext& ctx) {
+Params make_params(const Inputs& n, bool cl, bool backward, const DeviceContext& ctx) {
   Params p;
   p.B = n.B;
   p.C = n.C;
@@ -344,8 +297,7 @@ Params make_params(const Inputs& n, bool cl, bool with_acc_smem, bool backward, 
   const Tiles tiles = backward
       ? choose_tiles(n.M, D, sizeof(acc_t), [D](int64_t mt, int64_t tp) { return backward_smem(mt, tp, D); },
                      "m2f_attention_backward")
-      : choose_tiles(n.M, D, sizeof(acc_t),
-                     [D, with_acc_smem](int64_t mt, int64_t tp) { return forward_smem(mt, tp, D, with_acc_smem); },
+      : choose_tiles(n.M, D, sizeof(acc_t), [D](int64_t mt, int64_t tp) { return forward_smem(mt, tp, D); },
                      "m2f_attention");
   p.mt = tiles.mt;
   p.tp = tiles.tp;
@@ -355,58 +307,46 @@ Params make_params(const Inputs& n, bool cl, bool with_acc_smem, bool backward, 
   return p;
 }
 
-// The forward (WITH_ACC) or statistics pass: fills pmax, psum (and pacc).
-template <typename scalar_t, bool WITH_ACC>
-void launch_forward(const at::Tensor& x, const at::Tensor& q, const Params& p, at::Tensor& pmax,
-                    at::Tensor& psum, at::Tensor& pacc, const DeviceContext& ctx) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const size_t smem = sizeof(acc_t) * forward_smem(p.mt, p.tp, p.D, WITH_ACC);
-  MF_LAUNCH(dim3(static_cast<unsigned>(p.B * p.heads * p.chunks * p.splits)), dim3(kThreads), smem,
-            ctx.stream, forward_kernel<scalar_t, WITH_ACC>)(
-      x.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), p, pmax.mutable_data_ptr<acc_t>(),
-      psum.mutable_data_ptr<acc_t>(), WITH_ACC ? pacc.mutable_data_ptr<acc_t>() : nullptr);
-  MF_LAUNCH_CHECK();
-}
-
-at::Tensor m2f_attention_cuda(const at::Tensor& x, const at::Tensor& q, int64_t heads) {
+std::tuple<at::Tensor, at::Tensor> m2f_attention_with_lse_cuda(const at::Tensor& x, const at::Tensor& q,
+                                                               int64_t heads) {
   const Inputs n = check_inputs(x, q, heads);
-  if (n.B == 0 || n.M == 0 || n.C == 0 || n.P == 0) {
-    return at::zeros({n.B, n.M, n.C}, q.options());
-  }
   at::Tensor out = at::empty({n.B, n.M, n.C}, q.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor lse = at::empty({n.B, n.heads, n.M}, x.options().dtype(lse_dtype(x)));
+  if (n.B == 0 || n.M == 0 || n.C == 0) return {out, lse};
+  if (n.P == 0) return {out.zero_(), lse.fill_(-INFINITY)};  // a softmax over no position
   const DeviceContext ctx(x);
   const at::MemoryFormat format = output_format(x);
   const at::Tensor xc = x.contiguous(format);
   const at::Tensor qc = q.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "m2f_attention_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Params p = make_params<acc_t>(n, format == at::MemoryFormat::ChannelsLast, true, false, ctx);
+    const Params p = make_params<acc_t>(n, format == at::MemoryFormat::ChannelsLast, false, ctx);
     const at::TensorOptions opts = x.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
     at::Tensor pmax = at::empty({p.splits, n.B, n.heads, n.M}, opts);
     at::Tensor psum = at::empty({p.splits, n.B, n.heads, n.M}, opts);
     at::Tensor pacc = at::empty({p.splits, n.B, n.M, n.C}, opts);
-    launch_forward<scalar_t, true>(xc, qc, p, pmax, psum, pacc, ctx);
+    const size_t smem = sizeof(acc_t) * forward_smem(p.mt, p.tp, p.D);
+    MF_LAUNCH(dim3(static_cast<unsigned>(p.B * p.heads * p.chunks * p.splits)), dim3(kThreads), smem,
+              ctx.stream, forward_kernel<scalar_t>)(
+        xc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(), p, pmax.mutable_data_ptr<acc_t>(),
+        psum.mutable_data_ptr<acc_t>(), pacc.mutable_data_ptr<acc_t>());
+    MF_LAUNCH_CHECK();
     constexpr int kCombineThreads = 256;
     MF_LAUNCH(dim3(grid_for(out.numel(), kCombineThreads, ctx.sms)), dim3(kCombineThreads), 0, ctx.stream,
               combine_kernel<scalar_t>)(pmax.const_data_ptr<acc_t>(), psum.const_data_ptr<acc_t>(),
-                                        pacc.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), p);
+                                        pacc.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(),
+                                        lse.mutable_data_ptr<acc_t>(), p);
     MF_LAUNCH_CHECK();
   });
-  return out;
+  return {out, lse};
 }
 
 std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cuda(const at::Tensor& grad_out,
                                                                const at::Tensor& x, const at::Tensor& q,
-                                                               const at::Tensor& out, int64_t heads) {
-  const Inputs n = check_inputs(x, q, heads);
-  check_rank(grad_out, "grad_out", 3, "[B, M, C]");
-  check_same(x, grad_out, "x", "grad_out");
-  TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes(), "grad_out: expected the shape of q ", q.sizes(),
-                    ", got ", grad_out.sizes());
-  check_rank(out, "out", 3, "[B, M, C]");
-  check_same(x, out, "x", "out");
-  TORCH_CHECK_VALUE(out.sizes() == q.sizes(), "out: expected the shape of q ", q.sizes(), ", got ",
-                    out.sizes());
+                                                               const at::Tensor& out, const at::Tensor& lse,
+                                                               int64_t heads) {
+  check_m2f_attention_backward_args(grad_out, x, q, out, lse, heads);
+  const Inputs n = {x.size(0), x.size(1), x.size(2) * x.size(3), q.size(1), heads};
   const at::MemoryFormat format = output_format(x);
   const bool cl = format == at::MemoryFormat::ChannelsLast;
   at::Tensor gx = at::empty(x.sizes(), x.options().memory_format(format));
@@ -421,33 +361,11 @@ std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cuda(const at::Tensor&
   const at::Tensor qc = q.contiguous();
   const at::Tensor goc = grad_out.contiguous();
   const at::Tensor oc = out.contiguous();
+  const at::Tensor lc = lse.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "m2f_attention_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const at::TensorOptions opts = x.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-    // Softmax statistics: a forward pass over x without the output (fp32/fp64: delta uses out)
-    // or with it (fp16/bf16: delta uses the fp32 output, not the rounded out), merged per token.
-    const bool recompute = !std::is_same<scalar_t, acc_t>::value;
-    const Params ps = make_params<acc_t>(n, cl, recompute, false, ctx);
-    at::Tensor pmax = at::empty({ps.splits, n.B, n.heads, n.M}, opts);
-    at::Tensor psum = at::empty({ps.splits, n.B, n.heads, n.M}, opts);
-    at::Tensor pacc;
-    if (recompute) {
-      pacc = at::empty({ps.splits, n.B, n.M, n.C}, opts);
-      launch_forward<scalar_t, true>(xc, qc, ps, pmax, psum, pacc, ctx);
-    } else {
-      launch_forward<scalar_t, false>(xc, qc, ps, pmax, psum, pacc, ctx);
-    }
-    at::Tensor lse = at::empty({n.B, n.heads, n.M}, opts);
-    at::Tensor o32 = recompute ? at::empty({n.B, n.M, n.C}, opts) : at::Tensor();
-    constexpr int kRowThreads = 256;
-    MF_LAUNCH(dim3(static_cast<unsigned>(ceil_div(lse.numel(), kRowThreads / kWarp))), dim3(kRowThreads), 0,
-              ctx.stream, row_stats_kernel<acc_t>)(
-        pmax.const_data_ptr<acc_t>(), psum.const_data_ptr<acc_t>(),
-        recompute ? pacc.const_data_ptr<acc_t>() : nullptr, lse.mutable_data_ptr<acc_t>(),
-        recompute ? o32.mutable_data_ptr<acc_t>() : nullptr, ps);
-    MF_LAUNCH_CHECK();
-
-    const Params p = make_params<acc_t>(n, cl, false, true, ctx);
+    const Params p = make_params<acc_t>(n, cl, true, ctx);
     at::Tensor gx_buffer;  // fp32 accumulator for grad_x when several chunks add into it
     acc_t* gx_acc = nullptr;
     if (p.chunks > 1) {
@@ -464,8 +382,7 @@ std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cuda(const at::Tensor&
     MF_LAUNCH(dim3(static_cast<unsigned>(p.B * p.heads * p.chunks * p.splits)), dim3(kThreads), smem,
               ctx.stream, backward_kernel<scalar_t>)(
         goc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), qc.const_data_ptr<scalar_t>(),
-        oc.const_data_ptr<scalar_t>(), recompute ? o32.const_data_ptr<acc_t>() : nullptr,
-        lse.const_data_ptr<acc_t>(), p, gx.mutable_data_ptr<scalar_t>(),
+        oc.const_data_ptr<scalar_t>(), lc.const_data_ptr<acc_t>(), p, gx.mutable_data_ptr<scalar_t>(),
         gx_acc, pdq.mutable_data_ptr<acc_t>());
     MF_LAUNCH_CHECK();
     if (gx_buffer.defined()) gx.copy_(gx_buffer);
@@ -480,7 +397,7 @@ std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cuda(const at::Tensor&
 
 #ifndef MF_EMULATE
 TORCH_LIBRARY_IMPL(mf_kernels, CUDA, m) {
-  m.impl("m2f_attention", &mf_kernels::cuda_kernels::m2f_attention_cuda);
+  m.impl("m2f_attention_with_lse", &mf_kernels::cuda_kernels::m2f_attention_with_lse_cuda);
   m.impl("m2f_attention_backward", &mf_kernels::cuda_kernels::m2f_attention_backward_cuda);
 }
 #endif

@@ -8,6 +8,7 @@ from typing import Tuple
 
 import torch
 import triton
+import triton.language as tl
 from torch import Tensor
 from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensorMode
@@ -23,9 +24,54 @@ TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # log2(e): the kernels run softmax on exp2, folding log2(e) into the score scale.
 LOG2E = 1.4426950408889634
 
-__all__ = ["INTERPRETED", "LOG2E", "check_device_and_dtype", "launchable",
+# ln(2): the kernels' base-2 log-sum-exps are returned in the natural log.
+LN2 = 0.6931471805599453
+
+__all__ = ["INTERPRETED", "LOG2E", "LN2", "cast", "check_device_and_dtype", "dot", "mixed_dot", "launchable",
            "feature_map_strides", "empty_feature_map", "on_device", "opaque_under_interpreter",
            "pow2", "softmax_scale", "target_programs"]
+
+
+@triton.jit
+def dot(a, b, INTERPRET: tl.constexpr):
+    """a @ b accumulated in fp32: fp16/bf16 operands as they are (tensor cores; their products
+    are exact in fp32), fp32 operands exactly ("ieee", never TF32). Every dimension must be at
+    least 16. The interpreter computes bf16 dots wrongly, so there the operands go to fp32
+    first (the same products)."""
+    if INTERPRET:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
+def cast(x, dtype: tl.constexpr, INTERPRET: tl.constexpr):
+    """x.to(dtype), rounding to nearest even as the GPU does. The interpreter truncates fp32 ->
+    bf16 (and its rtne mode mishandles the carry), so there the bits are rounded first."""
+    if INTERPRET and dtype == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        x = ((bits >> 16) << 16).to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
+def mixed_dot(a, b, INTERPRET: tl.constexpr):
+    """a @ b where one operand is fp32 (probabilities, dS: computed values) and the other is
+    the inputs' dtype. For fp16/bf16 inputs the fp32 operand is split into a high and a low
+    part in that dtype, hi + lo carrying about 16 significant bits, and both go through the
+    tensor cores: rounding it to fp16/bf16 alone (flash-attention's choice) costs about the
+    reference's own low-precision error, which the 2x rule does not leave room for."""
+    if a.dtype == b.dtype:
+        return dot(a, b, INTERPRET)
+    elif a.dtype == tl.float32:
+        hi = cast(a, b.dtype, INTERPRET)
+        lo = cast(a - hi.to(tl.float32), b.dtype, INTERPRET)
+        return dot(hi, b, INTERPRET) + dot(lo, b, INTERPRET)
+    else:
+        hi = cast(b, a.dtype, INTERPRET)
+        lo = cast(b - hi.to(tl.float32), a.dtype, INTERPRET)
+        return dot(a, hi, INTERPRET) + dot(a, lo, INTERPRET)
 
 
 def check_device_and_dtype(x: Tensor, name: str = "x") -> None:

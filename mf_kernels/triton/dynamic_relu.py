@@ -21,8 +21,9 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from ..ops._checks import check_dynamic_relu
-from ._common import (check_device_and_dtype, empty_feature_map, feature_map_strides, launchable,
-                      on_device, opaque_under_interpreter, pow2, target_programs)
+from ._common import (INTERPRETED, cast, check_device_and_dtype, empty_feature_map,
+                      feature_map_strides, launchable, on_device, opaque_under_interpreter, pow2,
+                      target_programs)
 
 # Elements of the [BLOCK_C, BLOCK_K, BLOCK_P] block one program holds (4 warps: 32 a thread
 # in the forward); the backward holds several such blocks at once, so half as many.
@@ -52,8 +53,8 @@ def _load_pieces(slope_ptr, intercept_ptr, b, c, c_ok, K, ss_b, ss_c, ss_k, is_b
 def _dynamic_relu_fwd_kernel(
         x_ptr, slope_ptr, intercept_ptr, y_ptr, C, HW, K,
         xs_b, xs_c, xs_p, ys_b, ys_c, ys_p, ss_b, ss_c, ss_k, is_b, is_c, is_k,
-        HAS_INTERCEPT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-        BLOCK_P: tl.constexpr):
+        HAS_INTERCEPT: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr):
     """y[b,c,p] = max_k (slope[b,c,k] * x[b,c,p] + intercept[b,c,k]); grid (p tiles, c tiles, B)."""
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -69,7 +70,7 @@ def _dynamic_relu_fwd_kernel(
     pieces = slope[:, :, None] * x[:, None, :] + intercept[:, :, None]
     y = tl.max(pieces, axis=1)
     tl.store(y_ptr + b * ys_b + c[:, None] * ys_c + p64[None, :] * ys_p,
-             y.to(y_ptr.dtype.element_ty), mask=cp_ok)
+             cast(y, y_ptr.dtype.element_ty, INTERPRET), mask=cp_ok)
 
 
 @triton.jit
@@ -77,8 +78,8 @@ def _dynamic_relu_bwd_kernel(
         grad_y_ptr, x_ptr, slope_ptr, intercept_ptr, grad_x_ptr, part_slope_ptr,
         part_intercept_ptr, B, C, HW, K, positions_per_split,
         gs_b, gs_c, gs_p, xs_b, xs_c, xs_p, os_b, os_c, os_p, ss_b, ss_c, ss_k, is_b, is_c, is_k,
-        HAS_INTERCEPT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-        BLOCK_P: tl.constexpr):
+        HAS_INTERCEPT: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr):
     """With w[b,c,k,p] = [piece k is a max] / (number of maxima) * grad_y[b,c,p]:
     grad_x[b,c,p] = sum_k w * slope[b,c,k];  grad_slope[b,c,k] = sum_p w * x[b,c,p];
     grad_intercept[b,c,k] = sum_p w. Grid (splits, c tiles, B); the sums over this split's
@@ -107,7 +108,7 @@ def _dynamic_relu_bwd_kernel(
         w = tl.where(is_max, (gy / ties)[:, None, :], 0.0)  # masked positions: grad_y = 0
         grad_x = tl.sum(w * slope[:, :, None], axis=1)
         tl.store(grad_x_ptr + b * os_b + c[:, None] * os_c + p64[None, :] * os_p,
-                 grad_x.to(grad_x_ptr.dtype.element_ty), mask=cp_ok)
+                 cast(grad_x, grad_x_ptr.dtype.element_ty, INTERPRET), mask=cp_ok)
         acc_slope += tl.sum(w * x[:, None, :], axis=2)
         acc_intercept += tl.sum(w, axis=2)
     k = tl.arange(0, BLOCK_K)
@@ -149,8 +150,8 @@ def _dynamic_relu_op(x: Tensor, slope: Tensor, intercept: Optional[Tensor]) -> T
         wrap_triton(_dynamic_relu_fwd_kernel)[grid](
             x, slope, intercept if intercept is not None else slope, y, C, H * W, K,
             *xs, *ys, *slope.stride(), *_strides3(intercept, slope),
-            HAS_INTERCEPT=intercept is not None, BLOCK_C=block_c, BLOCK_K=block_k,
-            BLOCK_P=block_p, num_warps=4)
+            HAS_INTERCEPT=intercept is not None, INTERPRET=INTERPRETED, BLOCK_C=block_c,
+            BLOCK_K=block_k, BLOCK_P=block_p, num_warps=4)
     return y
 
 
@@ -182,7 +183,8 @@ def _dynamic_relu_backward_op(grad_y: Tensor, x: Tensor, slope: Tensor,
             grad_y, x, slope, intercept if intercept is not None else slope, grad_x,
             part_slope, part_intercept, B, C, HW, K, positions_per_split, *gs, *xs, *os_,
             *slope.stride(), *_strides3(intercept, slope), HAS_INTERCEPT=intercept is not None,
-            BLOCK_C=block_c, BLOCK_K=block_k, BLOCK_P=block_p, num_warps=4)
+            INTERPRET=INTERPRETED, BLOCK_C=block_c, BLOCK_K=block_k, BLOCK_P=block_p,
+            num_warps=4)
     return (grad_x, part_slope.sum(0).to(slope.dtype), part_intercept.sum(0).to(slope.dtype))
 
 

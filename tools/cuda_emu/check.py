@@ -88,10 +88,15 @@ def run_m2f(B, C, H, W, M, heads, layout, dtype):
     q = torch.randn(B, M, C).to(dtype)
     go = torch.randn(B, M, C).to(dtype)
     tag = f"m2f B{B} C{C} {H}x{W} M{M} h{heads} {layout} {dtype}"
-    out = ops.m2f_attention(x, q, heads)
-    gx, gq = ops.m2f_attention_backward(go, x, q, out, heads)
+    out, lse = ops.m2f_attention_with_lse(x, q, heads)
+    gx, gq = ops.m2f_attention_backward(go, x, q, out, lse, heads)
     (ref, rg), (low, lg) = reference_grads(lambda a, b: F.m2f_attention(a, b, heads), [x, q], go, dtype)
     compare(tag + " out", out, ref, low, dtype)
+    hi = torch.float64 if dtype == torch.float64 else torch.float32
+    D = C // heads
+    scores = torch.einsum("bmhd,bhdp->bhmp", q.to(hi).view(B, M, heads, D),
+                          x.to(hi).reshape(B, heads, D, H * W)) * D ** -0.5
+    compare(tag + " lse", lse, scores.logsumexp(-1), scores.logsumexp(-1), hi)
     check_layout(tag + " gx", gx, x)
     compare(tag + " grad_x", gx, rg[0], lg[0], dtype)
     compare(tag + " grad_q", gq, rg[1], lg[1], dtype)
@@ -124,9 +129,9 @@ def run_empty():
     for (B, C, H, W, M) in [(0, 4, 3, 3, 2), (2, 4, 0, 3, 2), (2, 4, 3, 3, 0)]:
         x = torch.randn(B, C, H, W)
         q = torch.randn(B, M, C)
-        out = ops.m2f_attention(x, q, 2)
+        out, lse = ops.m2f_attention_with_lse(x, q, 2)
         expect(f"m2f empty {B, C, H, W, M} out", out, F.m2f_attention(x, q, 2))
-        gx, gq = ops.m2f_attention_backward(torch.ones_like(q), x, q, out, 2)
+        gx, gq = ops.m2f_attention_backward(torch.ones_like(q), x, q, out, lse, 2)
         expect("m2f empty grad_x", gx, torch.zeros_like(x))
         expect("m2f empty grad_q", gq, torch.zeros_like(q))
         k, v = torch.randn(B, M, C), torch.randn(B, M, C)
@@ -146,8 +151,8 @@ def run_empty():
             expect("drelu empty grad_intercept", gt, torch.zeros_like(s))
     # Bad input: the CPU kernels' errors.
     for call, error in [
-        (lambda: ops.m2f_attention(torch.randn(1, 6, 2, 2), torch.randn(1, 2, 6), 4), ValueError),
-        (lambda: ops.m2f_attention(torch.randn(1, 6, 2, 2), torch.randn(1, 2, 5), 2), ValueError),
+        (lambda: ops.m2f_attention_with_lse(torch.randn(1, 6, 2, 2), torch.randn(1, 2, 6), 4), ValueError),
+        (lambda: ops.m2f_attention_with_lse(torch.randn(1, 6, 2, 2), torch.randn(1, 2, 5), 2), ValueError),
         (lambda: ops.f2m_attention(torch.randn(1, 6, 2, 2), torch.randn(1, 2, 6), torch.randn(1, 3, 6), 2), ValueError),
         (lambda: ops.f2m_attention(torch.randn(1, 6, 2, 2), torch.randn(1, 2, 6).double(), torch.randn(1, 2, 6), 2), TypeError),
         (lambda: ops.dynamic_relu(torch.randn(1, 6, 2, 2), torch.randn(1, 6, 0), None), ValueError),
