@@ -1,197 +1,159 @@
-"""f2m_attention: the C++ CPU kernels (forward and backward) against mobileformer.functional.
+"""f2m_attention on every backend (tests/op_backends.py) against mobileformer.functional.
 
-Also: gradcheck, opcheck, torch.compile, the bad-input messages, empty inputs and thread
-counts. (The compile test of both attention ops together, and the baseline-instruction-set
-run of both, are in test_m2f_attention.py.)
+y[b,hc,p] = x[b,hc,p] + sum_m softmax_m(s <x[b,hc,p], k[b,m,hc]>) v[b,m,hc]. Every case runs on
+every backend that can take it: forward and every gradient, all dtypes and layouts, odd maps,
+one token, a detection head's 100 (several token chunks), heads 1/2/4, every bridge of the
+seven variants, split paths, large logits, empty inputs, bad input, gradcheck, opcheck and
+torch.compile. (The compile test of both attention ops together, and the baseline-instruction
+set run of both, are in test_m2f_attention.py.)
 """
 import pytest
 import torch
 
 import mf_kernels
-from mf_kernels import ops
-from mf_kernels._extension import LOADED
+import numerics
+import op_backends
 from mobileformer import functional as reference
-from numerics import (LAYOUTS, LOW_PRECISION, assert_tight, assert_within_2x, grads, leaf,
-                      make_feature_map)
+from op_backends import backend, requires, variant_sites  # noqa: F401  (backend: the fixture)
 
-pytestmark = pytest.mark.skipif(not LOADED, reason="the C++ extension is not built")
+pytest_generate_tests = op_backends.parametrize
 
-# (B, C, H, W, M, heads): odd maps, one token, a detection head's 100 tokens, 1/2/4 heads,
-# 20 channels per head, and maps spanning several tiles with a partial last one.
-SHAPES = [
-    (2, 16, 7, 9, 6, 2),
-    (1, 40, 7, 9, 6, 2),
-    (2, 24, 5, 6, 1, 4),
-    (1, 32, 8, 8, 100, 4),
-    (3, 12, 4, 5, 6, 1),
-    (1, 40, 23, 29, 6, 2),
-]
-# The bridges of MF-294M: (C, H) of every Former->Mobile, 2 heads, 6 tokens.
-MF294M = [(24, 56), (48, 28), (96, 14), (128, 14), (192, 7)]
+NAMES = ("y", "grad_x", "grad_k", "grad_v")
+SHAPES = op_backends.ATTENTION_SHAPES
 
 
-def tokens(B, M, C, dtype, scale=1.0):
-    return (torch.randn(B, M, C) * scale).to(dtype)
-
-
-def kernel(x, k, v, heads, grad_y):
-    """Output and (grad_x, grad_k, grad_v) from the C++ kernels, through the entry point."""
-    leaves = [leaf(t) for t in (x, k, v)]
-    with mf_kernels.use_backend("cpu"):
-        y = ops.f2m_attention(*leaves, heads)
-    return y, grads(y, leaves, grad_y)
-
-
-def expected(x, k, v, heads, grad_y, dtype=None):
-    """The same from the reference, in `dtype` (default: the inputs' own)."""
-    if dtype is not None:
-        x, k, v, grad_y = (t.to(dtype) for t in (x, k, v, grad_y))
-    leaves = [leaf(t) for t in (x, k, v)]
-    y = reference.f2m_attention(*leaves, heads)
-    return y, grads(y, leaves, grad_y)
-
-
-def compare_tight(x, k, v, heads):
-    grad_y = torch.randn(x.shape, dtype=x.dtype)
-    y, got = kernel(x, k, v, heads, grad_y)
-    ref, want = expected(x, k, v, heads, grad_y)
-    assert_tight(y, ref, "y")
-    for name, a, b in zip(("grad_x", "grad_k", "grad_v"), got, want):
-        assert_tight(a, b, name)
-    return y, got[0]
-
-
-def compare_low(x, k, v, heads):
-    grad_y = torch.randn(x.shape).to(x.dtype)
-    y, got = kernel(x, k, v, heads, grad_y)
-    low_y, low = expected(x, k, v, heads, grad_y)
-    ref_y, ref = expected(x, k, v, heads, grad_y, torch.float32)
-    for name, a, lo, hi in zip(("y", "grad_x", "grad_k", "grad_v"), [y] + got, [low_y] + low,
-                               [ref_y] + ref):
-        assert torch.isfinite(a).all(), f"{name}: not finite"
-        assert_within_2x(a, lo, hi, name)
-
-
-def layout_of(t):
-    return torch.channels_last if (not t.is_contiguous() and
-                                   t.is_contiguous(memory_format=torch.channels_last)) \
-        else torch.contiguous_format
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_matches_reference(shape, dtype, layout):
+def make_inputs(shape, dtype, layout="contiguous", device="cpu", scale=1.0):
     B, C, H, W, M, heads = shape
-    x = make_feature_map((B, C, H, W), dtype, layout)
-    y, gx = compare_tight(x, tokens(B, M, C, dtype), tokens(B, M, C, dtype), heads)
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    assert y.is_contiguous(memory_format=fmt) and gx.is_contiguous(memory_format=fmt)
+    x = numerics.make_feature_map((B, C, H, W), dtype, layout, device, scale=scale)
+    k = torch.randn(B, M, C).to(device, dtype)
+    return x, k, torch.randn(B, M, C).to(device, dtype), heads
 
 
-def with_odd_size1_strides(t):
-    """The same tensor, with nonsense strides on its size-1 dimensions."""
-    return t.as_strided(t.shape, [91 if n == 1 else st for n, st in zip(t.shape, t.stride())])
+def check(backend, x, k, v, heads):
+    return numerics.check_against_reference(backend.fn("f2m_attention"), reference.f2m_attention,
+                                            [x, k, v, heads], NAMES, layout_of=x)
+
+
+@pytest.mark.parametrize("layout", numerics.LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_reference(backend, dtype, shape, layout):
+    if backend.interpreted and shape[2] * shape[3] > 200 and dtype != torch.float32:
+        pytest.skip("interpreter: the largest map in fp32 only (time)")
+    check(backend, *make_inputs(shape, dtype, layout, backend.device))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_every_variant_bridge(backend, layout):
+    """Every Former->Mobile bridge of the seven variants at 224x224 (batch 1, fp32)."""
+    requires(backend, small=False)
+    for C, H, W, M, heads in variant_sites().f2m_attention:
+        check(backend, *make_inputs((1, C, H, W, M, heads), torch.float32, layout,
+                                    backend.device))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", op_backends.LARGE_ATTENTION_SHAPES, ids=str)
+def test_large_maps(backend, shape, layout):
+    """Positions split across programs/blocks (and, with M = 40, several token chunks)."""
+    requires(backend, small=False)
+    check(backend, *make_inputs(shape, torch.float32, layout, backend.device))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("tokens", [6, 40])
+def test_split_positions(backend, layout, tokens, monkeypatch):
+    """The backward's sums over positions split and merged: Triton with 16-position runs, the
+    CPU with three threads, the CUDA emulation planning for 200 SMs; 40 tokens take several
+    chunks (Triton: 16 a chunk; CUDA: 32)."""
+    if backend.op_prefix:
+        from mf_kernels.triton import f2m_attention as module
+        monkeypatch.setattr(module, "MAX_BLOCK_P", 16)
+        monkeypatch.setattr(module, "POSITIONS_PER_SPLIT", 16)
+    monkeypatch.setenv("MF_EMU_SMS", "200")
+    with op_backends.threads(3):
+        check(backend, *make_inputs((1, 24, 11, 13, tokens, 2), torch.float32, layout,
+                                    backend.device))
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("shape", [(2, 8, 1, 5), (2, 8, 5, 1), (1, 8, 3, 4)], ids=str)
-def test_strides_of_size1_dims_are_ignored(shape, layout):
-    # Still contiguous in its layout: the kernels must step through positions by the layout's
-    # strides, not by stride(3).
-    x = with_odd_size1_strides(make_feature_map(shape, torch.float32, layout))
+def test_strides_of_size1_dims_are_ignored(backend, shape, layout):
+    x = numerics.with_odd_size1_strides(
+        numerics.make_feature_map(shape, torch.float32, layout, backend.device))
     B, C = shape[:2]
-    compare_tight(x, tokens(B, 3, C, torch.float32), tokens(B, 3, C, torch.float32), 2)
+    k, v = (torch.randn(B, 3, C).to(backend.device) for _ in range(2))
+    check(backend, x, k, v, 2)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("dtype", LOW_PRECISION)
-@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[1], SHAPES[3], SHAPES[5]], ids=str)
-def test_low_precision_within_2x(shape, dtype, layout):
-    B, C, H, W, M, heads = shape
-    x = make_feature_map((B, C, H, W), dtype, layout)
-    compare_low(x, tokens(B, M, C, dtype), tokens(B, M, C, dtype), heads)
+def test_tokens_with_odd_strides(backend):
+    x, k, v, heads = make_inputs((2, 8, 3, 5, 4, 2), torch.float32, "channels_last",
+                                 backend.device)
+    odd = [t.transpose(0, 1).contiguous().transpose(0, 1) for t in (k, v)]
+    check(backend, x, *odd, heads)
 
 
-@pytest.mark.parametrize("dtype", LOW_PRECISION)
-def test_large_logits_stay_finite(dtype):
-    x = make_feature_map((2, 32, 9, 11), dtype, "contiguous", scale=30.0)
-    compare_low(x, tokens(2, 6, 32, dtype, scale=3.0), tokens(2, 6, 32, dtype), 2)
+def test_large_logits_stay_finite(backend, low_dtype):
+    x, _, v, heads = make_inputs((2, 32, 9, 11, 6, 2), low_dtype, "contiguous", backend.device,
+                                 30.0)
+    check(backend, x, (3.0 * torch.randn(2, 6, 32)).to(backend.device, low_dtype), v, heads)
 
 
-@pytest.mark.parametrize("channels,size", MF294M, ids=str)
-def test_mf294m_bridges(channels, size):
-    x = make_feature_map((1, channels, size, size), torch.float32)
-    compare_tight(x, tokens(1, 6, channels, torch.float32), tokens(1, 6, channels, torch.float32),
-                  2)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(0, 8, 3, 3, 4), (2, 8, 3, 3, 0), (2, 8, 0, 3, 4),
+                                   (2, 8, 3, 0, 0)], ids=str)
+def test_empty(backend, shape, layout):
+    B, C, H, W, M = shape
+    x = numerics.make_feature_map((B, C, H, W), torch.float32, layout, backend.device)
+    k, v = (torch.randn(B, M, C).to(backend.device) for _ in range(2))
+    y, grad_x, grad_k, grad_v = check(backend, x, k, v, 2)
+    assert y.shape == x.shape and grad_x.shape == x.shape
+    assert not grad_k.any() and not grad_v.any()
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_thread_counts(threads):
-    # More threads than (b, head) slices: chunks of positions with their own grad_k / grad_v
-    # partial sums.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        x = make_feature_map((1, 24, 41, 37), torch.float32, "channels_last")
-        compare_tight(x, tokens(1, 6, 24, torch.float32), tokens(1, 6, 24, torch.float32), 2)
-    finally:
-        torch.set_num_threads(previous)
+def test_gradcheck(backend):
+    requires(backend, fp64=True)
+    x, k, v, heads = make_inputs((2, 8, 3, 5, 3, 2), torch.float64, "channels_last",
+                                 backend.device)
+    fn = backend.fn("f2m_attention")
+    assert torch.autograd.gradcheck(lambda a, b, c: fn(a, b, c, heads),
+                                    tuple(numerics.leaf(t) for t in (x, k, v)))
 
 
-def test_gradcheck():
-    x = make_feature_map((2, 8, 3, 5), torch.float64, "channels_last").requires_grad_()
-    k = tokens(2, 3, 8, torch.float64).requires_grad_()
-    v = tokens(2, 3, 8, torch.float64).requires_grad_()
-    with mf_kernels.use_backend("cpu"):
-        assert torch.autograd.gradcheck(lambda a, b, c: ops.f2m_attention(a, b, c, 2), (x, k, v))
-
-
-def opcheck_samples():
-    x = make_feature_map((2, 8, 5, 3), torch.float32)
-    k, v = tokens(2, 4, 8, torch.float32), tokens(2, 4, 8, torch.float32)
-    xcl = make_feature_map((1, 12, 4, 4), torch.float32, "channels_last")
+def opcheck_samples(device, dtype):
     rg = lambda t: t.clone().requires_grad_()  # noqa: E731
-    return [
-        (x, k, v, 2),
-        (rg(x), k, v, 2),
-        (x, rg(k), v, 4),
-        (x, k, rg(v), 1),
-        (rg(xcl), rg(tokens(1, 3, 12, torch.float32)), rg(tokens(1, 3, 12, torch.float32)), 3),
-        (make_feature_map((1, 8, 6, 6), torch.float64, "sliced"), tokens(1, 1, 8, torch.float64),
-         tokens(1, 1, 8, torch.float64), 2),
-    ]
+    x, k, v, _ = make_inputs((2, 8, 5, 3, 4, 2), dtype, device=device)
+    xcl, kcl, vcl, _ = make_inputs((1, 12, 4, 4, 3, 3), dtype, "channels_last", device)
+    x1, k1, v1, _ = make_inputs((1, 8, 6, 6, 1, 2), dtype, "sliced", device)
+    return [(x, k, v, 2), (rg(x), k, v, 2), (x, rg(k), v, 4), (x, k, rg(v), 1),
+            (rg(xcl), rg(kcl), rg(vcl), 3), (x1, k1, v1, 2)]
 
 
 @pytest.mark.parametrize("sample", range(6))
-def test_opcheck(sample):
-    torch.library.opcheck(torch.ops.mf_kernels.f2m_attention.default, opcheck_samples()[sample])
+def test_opcheck(backend, sample):
+    requires(backend, dispatcher=True)
+    ops = backend.ops("f2m_attention")
+    dtype = torch.float64 if torch.float64 in backend.dtypes and sample == 5 else torch.float32
+    x, k, v, heads = opcheck_samples(backend.device, dtype)[sample]
+    torch.library.opcheck(ops["f2m_attention"], (x, k, v, heads))
+    torch.library.opcheck(ops["f2m_attention_backward"],
+                          (torch.randn_like(x), x.detach(), k.detach(), v.detach(), heads))
 
 
-def test_opcheck_backward():
-    x = make_feature_map((2, 8, 5, 3), torch.float32, "channels_last")
-    k, v = tokens(2, 4, 8, torch.float32), tokens(2, 4, 8, torch.float32)
-    torch.library.opcheck(torch.ops.mf_kernels.f2m_attention_backward.default,
-                          (torch.randn(x.shape), x, k, v, 2))
+def test_compile_fullgraph(backend):
+    requires(backend, dispatcher=True)
+    fn = backend.fn("f2m_attention")
 
-
-def test_compile_fullgraph():
     def block(x, k, v):
-        return ops.f2m_attention(x, k, v, 2).square().sum()
+        return fn(x, k, v * 2.0, 2).square()
 
-    inputs = [make_feature_map((2, 16, 5, 7), torch.float32, "channels_last"),
-              tokens(2, 6, 16, torch.float32), tokens(2, 6, 16, torch.float32)]
-    with mf_kernels.use_backend("cpu"):
-        eager_in = [leaf(t) for t in inputs]
-        eager = block(*eager_in)
-        eager_grads = torch.autograd.grad(eager, eager_in)
-        torch._dynamo.reset()
-        compiled_in = [leaf(t) for t in inputs]
-        result = torch.compile(block, fullgraph=True, backend="aot_eager")(*compiled_in)
-        compiled_grads = torch.autograd.grad(result, compiled_in)
-    assert_tight(result, eager, "compiled output")
-    for name, a, b in zip("xkv", compiled_grads, eager_grads):
-        assert_tight(a, b, f"compiled grad_{name}")
+    inputs = list(make_inputs((2, 16, 5, 7, 6, 2), torch.float32, "channels_last",
+                              backend.device))[:3]
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend=backend.compile_backend)
+    eager, grad = numerics.outputs_and_grads(block, inputs)
+    got, _ = numerics.outputs_and_grads(compiled, inputs, grad)
+    for name, a, b in zip(NAMES, got, eager):
+        numerics.assert_tight(a, b, f"compiled {name}")
 
 
 def bad_inputs():
@@ -214,18 +176,21 @@ def bad_inputs():
     ]
 
 
+@pytest.mark.parametrize("route", ["entry_point", "dispatcher"])
 @pytest.mark.parametrize("case", range(13))
-@pytest.mark.parametrize("route", ["entry_point", "torch_ops"])
-def test_bad_input_raises(case, route):
+def test_bad_input_raises(backend, case, route):
     args, error, message = bad_inputs()[case]
-    fn = ops.f2m_attention if route == "entry_point" else torch.ops.mf_kernels.f2m_attention
-    with mf_kernels.use_backend("cpu"), pytest.raises(error, match=message.replace("[", r"\[")):
-        fn(*args)
+    fn = op_backends.bad_input_target(backend, "f2m_attention", route)
+    with pytest.raises(error, match=message.replace("[", r"\[")):
+        fn(*op_backends.on_device(args, backend.device))
 
 
-def test_bad_backward_input_raises():
-    x, k, v = torch.randn(2, 8, 3, 3), torch.randn(2, 4, 8), torch.randn(2, 4, 8)
-    bwd = torch.ops.mf_kernels.f2m_attention_backward
+def test_bad_backward_input_raises(backend):
+    if backend.op_prefix:
+        pytest.skip("the triton_* ops are internal: their entry point checks the input")
+    bwd = backend.ops("f2m_attention")["f2m_attention_backward"]
+    x = torch.randn(2, 8, 3, 3).to(backend.device)
+    k, v = (torch.randn(2, 4, 8).to(backend.device) for _ in range(2))
     with pytest.raises(ValueError, match="grad_y: expected the shape of x"):
         bwd(x[:, :, :2], x, k, v, 2)
     with pytest.raises(TypeError, match="grad_y: expected dtype"):
@@ -234,12 +199,34 @@ def test_bad_backward_input_raises():
         bwd(x, x, k, v[:, :3], 2)
 
 
-@pytest.mark.parametrize("shape", [(0, 8, 3, 3, 4), (2, 8, 3, 3, 0), (2, 8, 0, 3, 4),
-                                   (2, 8, 3, 0, 0)], ids=str)
+def test_unsupported_dtype_is_refused(backend):
+    op_backends.check_float64_refused(
+        backend, "f2m_attention", make_inputs((1, 8, 2, 2, 3, 2), torch.float64,
+                                              device=backend.device))
+
+
+def test_runs_on_the_selected_backend(backend, dtype):
+    requires(backend, dispatcher=True)
+    assert mf_kernels.backends.backend_for("f2m_attention", torch.device(backend.device),
+                                           dtype) == backend.name
+
+
+
+def test_beyond_32_bit_offsets(backend):
+    """More than 2^31 elements: the last image must be addressed with 64-bit offsets."""
+    op_backends.require_cuda_device(backend, free_bytes=12 * 2 ** 30)
+    x = torch.randn(2, 64, 4096, 4097, device="cuda", dtype=torch.float16)
+    k, v = (torch.randn(2, 6, 64, device="cuda", dtype=torch.float16) for _ in range(2))
+    y = backend.fn("f2m_attention")(x, k, v, 2)
+    expected = reference.f2m_attention(x[-1:].float(), k[-1:].float(), v[-1:].float(), 2)[0]
+    torch.testing.assert_close(y[-1].float(), expected, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_empty(shape, layout):
-    B, C, H, W, M = shape
-    x = make_feature_map((B, C, H, W), torch.float32, layout)
-    y, gx = compare_tight(x, torch.randn(B, M, C), torch.randn(B, M, C), 2)
-    assert y.shape == x.shape and gx.shape == x.shape
-    assert y.stride() == torch.empty(x.shape, memory_format=layout_of(x)).stride()
+@pytest.mark.parametrize("tokens", [6, 100])
+def test_cuda_and_triton_agree(dtype, layout, tokens):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, k, v, heads = make_inputs((2, 40, 13, 11, tokens, 2), dtype, layout, device)
+    op_backends.assert_cuda_and_triton_agree("f2m_attention", [x, k, v, heads], NAMES)
