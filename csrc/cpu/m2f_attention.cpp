@@ -10,8 +10,9 @@
 // The forward reads x once, tile by tile, with an online softmax (flash-attention's running
 // max and sum), and returns with out the log-sum-exp lse[b,h,m] = log sum_p exp(s <q, x>) of
 // every token row. The backward takes lse (A = exp(S - lse)) and makes one pass over x that
-// produces grad_x tile by tile and accumulates grad_q; A is never stored. Work is split over (batch, head) and, when that leaves threads idle (batch 1 has
-// only `heads` slices), over chunks of positions whose partial results are merged at the end.
+// produces grad_x tile by tile and accumulates grad_q; A is never stored. Work is split over
+// (batch, head) and, when that leaves threads idle (batch 1 has only `heads` slices), over
+// chunks of positions whose partial results are merged at the end.
 // Inner kernels: m2f_attention_kernels.h (per instruction set), attention_simd.h.
 #include <torch/library.h>
 

@@ -190,9 +190,10 @@ __global__ void __launch_bounds__(kThreads)
 // Backward, channels_last. block = (TX, TY), TX * TY = kThreads, TX a power of two <= 32:
 // threadIdx.x over vectors of V channels (unit stride), threadIdx.y over positions. grid =
 // (B * splits, channel tiles of TX * V channels). Coefficients [B, K, C]; partials
-// [splits, B, C, K]. C % V == 0. Shared memory: cl_reduce_smem.
+// [splits, B, C, K]. C % V == 0. Shared memory: [warps][kRound][TX] sums. Launch bounds with
+// one resident block: without it ptxas aimed at more blocks per SM and spilled a register.
 template <typename scalar_t, int V, int KMAX>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     backward_cl_kernel(const scalar_t* __restrict__ gy, const scalar_t* __restrict__ x,
                        scalar_t* __restrict__ gx, const at::opmath_type<scalar_t>* __restrict__ s,
                        const at::opmath_type<scalar_t>* __restrict__ t,

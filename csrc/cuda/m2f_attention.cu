@@ -165,9 +165,10 @@ inline int64_t backward_smem(int64_t mt, int64_t tp, int64_t D) {
 
 // Backward. lse: [B, heads, M] (natural log). grad_x: written directly (gx) with a single chunk,
 // else added with atomics into gx_acc (zero-initialised, the layout of gx). pdq:
-// [splits, B, M, C], the unscaled sum_p dS x of each split.
+// [splits, B, M, C], the unscaled sum_p dS x of each split. Launch bounds with one resident
+// block: without it ptxas aimed at more blocks per SM and spilled (fp64: 32 bytes).
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     backward_kernel(const scalar_t* __restrict__ gout, const scalar_t* __restrict__ x,
                     const scalar_t* __restrict__ q, const scalar_t* __restrict__ out,
                     const at::opmath_type<scalar_t>* __restrict__ lse, const Params p,

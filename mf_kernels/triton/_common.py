@@ -24,11 +24,8 @@ TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # log2(e): the kernels run softmax on exp2, folding log2(e) into the score scale.
 LOG2E = 1.4426950408889634
 
-# ln(2): the kernels' base-2 log-sum-exps are returned in the natural log.
-LN2 = 0.6931471805599453
-
-__all__ = ["INTERPRETED", "LOG2E", "LN2", "cast", "check_device_and_dtype", "dot", "mixed_dot", "launchable",
-           "feature_map_strides", "empty_feature_map", "on_device", "opaque_under_interpreter",
+__all__ = ["INTERPRETED", "LOG2E", "cast", "check_device_and_dtype", "dot", "mixed_dot",
+           "launchable", "feature_map_strides", "empty_feature_map", "on_device", "opaque_under_interpreter",
            "pow2", "softmax_scale", "target_programs"]
 
 

@@ -100,7 +100,8 @@ def _m2f_fwd_kernel(
     if SINGLE_SPLIT:
         tl.store(out_ptr + (b * M + m[:, None]) * C + ch[None, :],
                  cast(acc / row_sum[:, None], out_ptr.dtype.element_ty, INTERPRET), mask=md_ok)
-        tl.store(lse_ptr + row, (row_max + tl.log2(row_sum)) * 0.6931471805599453, mask=m_ok)
+        tl.store(lse_ptr + row, (row_max + tl.log2(row_sum)) * 0.6931471805599453,  # ln 2
+                 mask=m_ok)
     else:
         tl.store(part_max_ptr + split * B * heads * M + row, row_max, mask=m_ok)
         tl.store(part_sum_ptr + split * B * heads * M + row, row_sum, mask=m_ok)
@@ -137,7 +138,7 @@ def _m2f_combine_kernel(
         row_max = new_max
     tl.store(out_ptr + (b * M + m) * C + ch, cast(acc / row_sum, out_ptr.dtype.element_ty,
                                                   INTERPRET), mask=d_ok)
-    tl.store(lse_ptr + row, (row_max + tl.log2(row_sum)) * 0.6931471805599453)
+    tl.store(lse_ptr + row, (row_max + tl.log2(row_sum)) * 0.6931471805599453)  # ln 2
 
 
 @triton.jit
@@ -169,7 +170,8 @@ def _m2f_bwd_kernel(
     out = tl.load(out_ptr + b * os_b + m[:, None] * os_m + ch[None, :] * os_c, mask=md_ok,
                   other=0.0)
     delta = tl.sum(d_out.to(tl.float32) * out.to(tl.float32), axis=1)
-    lse2 = tl.load(lse_ptr + (b * heads + h) * M + m, mask=m_ok, other=0.0) * 1.4426950408889634
+    lse2 = tl.load(lse_ptr + (b * heads + h) * M + m, mask=m_ok,
+                   other=0.0) * 1.4426950408889634                               # log2(e)
     q_t = tl.trans(q)                                                            # [D, M]
     d_out_t = tl.trans(d_out)
     acc_grad_q = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
