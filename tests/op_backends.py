@@ -1,20 +1,25 @@
 """The backends every op's test suite runs on, as one pytest parameter.
 
 A test in tests/test_<op>.py that takes the ``backend`` fixture runs once per backend, and one
-that also takes ``dtype`` (or ``exact_dtype``: fp32/fp64, ``low_dtype``: fp16/bf16) once per
-backend and dtype that backend supports. So every backend is held to the same cases:
+that also takes ``dtype`` (or ``low_dtype``: fp16/bf16) once per backend and dtype that backend
+supports. So every backend is held to the same cases:
 
-| id            | kernels                                      | tensors | dtypes              | runs                                    |
-|---------------|----------------------------------------------|---------|---------------------|-----------------------------------------|
-| cpu           | C++ CPU kernels (csrc/cpu)                   | CPU     | fp32 fp64 fp16 bf16 | everywhere (extension built)            |
-| triton-interp | Triton kernels through the interpreter       | CPU     | fp32 fp16 bf16      | TRITON_INTERPRET=1 (the default here)   |
-| cuda          | CUDA kernels (csrc/cuda)                     | CUDA    | fp32 fp64 fp16 bf16 | a GPU and the CUDA build (marker gpu)   |
-| triton        | compiled Triton kernels                      | CUDA    | fp32 fp16 bf16      | a GPU and TRITON_INTERPRET=0 (gpu)      |
-| cuda-emu      | CUDA kernels in the CPU emulation (tools/cuda_emu) | CPU | fp32 fp64 fp16 bf16 | MF_TEST_CUDA_EMU=1 (numerics only)   |
+* ``cpu``: the C++ CPU kernels (csrc/cpu); CPU tensors, fp32/fp64/fp16/bf16; wherever the
+  extension is built.
+* ``triton-interp``: the Triton kernels through Triton's interpreter; CPU tensors,
+  fp32/fp16/bf16; under TRITON_INTERPRET=1 (the tests' default), small shapes
+  (``sites_for``, ``interpreter_budget``).
+* ``cuda``: the CUDA kernels (csrc/cuda); CUDA tensors, all four dtypes; a GPU and the CUDA
+  build. Marker ``gpu``.
+* ``triton``: the compiled Triton kernels; CUDA tensors, fp32/fp16/bf16; a GPU and
+  TRITON_INTERPRET=0. Marker ``gpu``.
+* ``cuda-emu``: the CUDA kernels compiled for the CPU emulation of tools/cuda_emu; CPU tensors,
+  all four dtypes; opt-in with MF_TEST_CUDA_EMU=1 (numerical cases: the emulated ops have no
+  fake implementation).
 
-The GPU tier is a selection of the same suites: ``TRITON_INTERPRET=0 python -m pytest -m gpu``
-(or ``-k "cuda or triton"``). A backend that cannot run here skips with the reason; nothing is
-queried at import or collection (CUDA is probed inside the fixture).
+The GPU tier is a selection of the same suites: ``TRITON_INTERPRET=0 python -m pytest -m gpu``.
+A backend that cannot run here skips with the reason; nothing is queried at import or
+collection (CUDA is probed inside the fixture).
 """
 from __future__ import annotations
 
@@ -35,10 +40,9 @@ from mf_kernels import _extension
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 ALL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-EXACT = (torch.float32, torch.float64)
 LOW = (torch.float16, torch.bfloat16)
-# Backward ops of each op (the forward ops are named after the op).
-BACKWARD_OPS = {"dynamic_relu": ("dynamic_relu_backward",),
+# The dispatcher ops of each op besides the one named after it.
+OTHER_OPS = {"dynamic_relu": ("dynamic_relu_backward",),
                 "m2f_attention": ("m2f_attention_with_lse", "m2f_attention_backward"),
                 "f2m_attention": ("f2m_attention_backward",)}
 
@@ -67,7 +71,7 @@ class Backend:
             namespace = torch.ops.mf_kernels
             if self.op_prefix:
                 importlib.import_module(f"mf_kernels.triton.{op}")  # registers the triton ops
-        names = (op,) + BACKWARD_OPS[op]
+        names = (op,) + OTHER_OPS[op]
         return {name: getattr(namespace, self.op_prefix + name) for name in names
                 if hasattr(namespace, self.op_prefix + name)}
 
@@ -132,7 +136,7 @@ BACKENDS = (
     Backend("triton", "triton", "cuda", TRITON_DTYPES, gpu=True),
     Backend("cuda-emu", None, "cpu", ALL_DTYPES),
 )
-DTYPE_ARGS = {"dtype": ALL_DTYPES, "exact_dtype": EXACT, "low_dtype": LOW}
+DTYPE_ARGS = {"dtype": ALL_DTYPES, "low_dtype": LOW}
 
 
 def _dtype_id(dtype: torch.dtype) -> str:
@@ -333,6 +337,29 @@ ATTENTION_SHAPES = [
 ]
 # Maps large enough to split positions across programs/blocks (M = 40: several token chunks).
 LARGE_ATTENTION_SHAPES = [(2, 64, 56, 56, 6, 2), (1, 40, 28, 28, 40, 2), (4, 192, 14, 14, 6, 2)]
+
+
+# What the interpreter (every tl op a numpy call, programs one after another) is given: the
+# model's call sites up to 14x14 maps (every head width and token count occurs there; the larger
+# maps run on the cpu backend here and on the GPU), and fp16/bf16 on the shapes with at most
+# 2000 token-position pairs (fp32 takes every shape).
+INTERPRETER_MAX_SITE_POSITIONS = 196
+INTERPRETER_MAX_LOW_PRECISION_PAIRS = 2000
+
+
+def sites_for(backend: Backend, sites):
+    """The model's call sites a backend is held to (all but the interpreter's largest maps)."""
+    if not backend.interpreted:
+        return list(sites)
+    return [s for s in sites if s.H * s.W <= INTERPRETER_MAX_SITE_POSITIONS]
+
+
+def interpreter_budget(backend: Backend, shape, dtype) -> None:
+    """Skips an fp16/bf16 case of an attention shape (B, C, H, W, M, heads) too large for the
+    interpreter (its fp32 case runs)."""
+    if (backend.interpreted and dtype in LOW
+            and shape[2] * shape[3] * shape[4] > INTERPRETER_MAX_LOW_PRECISION_PAIRS):
+        pytest.skip(f"{backend.id}: fp16/bf16 on the small shapes only (time); fp32 runs here")
 
 
 def on_device(args, device: str) -> list:

@@ -37,16 +37,15 @@ def check(backend, x, k, v, heads):
 @pytest.mark.parametrize("layout", numerics.LAYOUTS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_matches_reference(backend, dtype, shape, layout):
-    if backend.interpreted and shape[2] * shape[3] > 200 and dtype != torch.float32:
-        pytest.skip("interpreter: the largest map in fp32 only (time)")
+    op_backends.interpreter_budget(backend, shape, dtype)
     check(backend, *make_inputs(shape, dtype, layout, backend.device))
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_every_variant_bridge(backend, layout):
-    """Every Former->Mobile bridge of the seven variants at 224x224 (batch 1, fp32)."""
-    requires(backend, small=False)
-    for C, H, W, M, heads in variant_sites().f2m_attention:
+    """Every Former->Mobile bridge of the seven variants at 224x224 (batch 1, fp32; the
+    interpreter takes the maps up to 14x14)."""
+    for C, H, W, M, heads in op_backends.sites_for(backend, variant_sites().f2m_attention):
         check(backend, *make_inputs((1, C, H, W, M, heads), torch.float32, layout,
                                     backend.device))
 

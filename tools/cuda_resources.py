@@ -89,7 +89,8 @@ def _cache_key(command: Sequence[str]) -> str:
     return digest.hexdigest()[:20]
 
 
-def ptxas_report(source: str, arch: str = "sm_90", std: str = "c++20", use_cache: bool = True) -> str:
+def ptxas_report(source: str, arch: str = "sm_90", std: str = "c++20",
+                 use_cache: bool = True) -> str:
     """ptxas's -v report (stderr of nvcc) for one .cu file; raises on a compile error."""
     with tempfile.TemporaryDirectory() as tmp:
         command = nvcc_command(source, arch, std, os.path.join(tmp, "out.cubin"))

@@ -213,7 +213,8 @@ def collect(quick: bool = False, verbose: bool = True) -> List[TritonUsage]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="bf16, channels_last, batch 128, two sites an op")
+    parser.add_argument("--quick", action="store_true",
+                        help="bf16, channels_last, batch 128, two sites an op")
     parser.add_argument("--no-spills", action="store_true", help="fail on register spills")
     parser.add_argument("--json", help="write the rows (and failures) to this JSON file")
     parser.add_argument("--quiet", action="store_true")
