@@ -4,12 +4,38 @@ TRITON_INTERPRET must be set before any Triton kernel is imported: the Triton te
 the CPU through the interpreter by default. On a GPU machine run with TRITON_INTERPRET=0 to
 test the compiled kernels on CUDA tensors. Collection never touches CUDA.
 """
+import hashlib
 import os
+import pathlib
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+
+def _compile_cache_tag() -> str:
+    """A fingerprint of this checkout's ops (their Python registrations and the built extension).
+
+    torch.compile's on-disk caches (inductor's FX graph cache, AOTAutograd's cache) key a graph
+    by the traced code and torch's own sources, not by what a custom op decomposes into or how
+    its autograd is registered: a graph compiled against another build of these ops (another
+    worktree on the same machine, an older commit) would be reused, e.g. calling a backward op
+    with its old schema. Tagging the cache key with this fingerprint keeps them apart."""
+    digest = hashlib.sha256()
+    package = pathlib.Path(__file__).resolve().parent.parent / "mf_kernels"
+    for path in sorted(package.rglob("*.py")) + sorted(package.glob("_C*.so")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return "mf_kernels-" + digest.hexdigest()[:16]
+
+
+# The environment variable reaches the tests' subprocesses too (torchrun, the CLI).
+os.environ.setdefault("TORCH_COMPILE_CACHE_KEY_TAG", _compile_cache_tag())
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.compiler.config  # noqa: E402
+
+# In case torch was imported (by a plugin) before the variable was set.
+torch.compiler.config.cache_key_tag = os.environ["TORCH_COMPILE_CACHE_KEY_TAG"]
 
 
 @pytest.fixture(autouse=True)
