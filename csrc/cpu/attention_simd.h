@@ -144,11 +144,18 @@ inline T exp2_row(T* s, int64_t n, T shift, T mul) {
   return hsum(acc0 + acc1);
 }
 
-// Softmax backward along a row: d = a * (d - delta), in place in d.
+// Softmax backward along a row: d = a * (d - delta), in place in d. Returns sum a * d (the
+// incoming d): the row's exact delta, of which the caller's delta is an estimate.
 template <typename T>
-inline void softmax_backward_row(const T* a, T* d, int64_t n, T delta) {
+inline T softmax_backward_row(const T* a, T* d, int64_t n, T delta) {
   const Vec<T> dv = vset(delta);
-  for (int64_t t = 0; t < n; t += lanes<T>()) vstore(d + t, vload(a + t) * (vload(d + t) - dv));
+  Vec<T> dot{};
+  for (int64_t t = 0; t < n; t += lanes<T>()) {
+    const Vec<T> av = vload(a + t), dd = vload(d + t);
+    dot += av * dd;
+    vstore(d + t, av * (dd - dv));
+  }
+  return hsum(dot);
 }
 
 // ---- Column softmax pieces (f2m: softmax over the M tokens, for every position) ----

@@ -109,25 +109,40 @@ std::tuple<at::Tensor, at::Tensor> m2f_attention_backward_cpu(
     using T = at::opmath_type<scalar_t>;
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     const scalar_t* qp = qc.const_data_ptr<scalar_t>();
-    std::vector<T> dq(n.tasks() * M * n.ch);
+    std::vector<T> dq(n.tasks() * M * n.ch), dsum(n.tasks() * M);
     scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
+    const scalar_t* gp = gc.const_data_ptr<scalar_t>();
+    const scalar_t* op = oc.const_data_ptr<scalar_t>();
     at::parallel_for(0, n.tasks(), 1, [&](int64_t begin, int64_t end) {
-      MF_ISA_CALL(m2f_backward_tasks<scalar_t>, n, xp, qp, gc.const_data_ptr<scalar_t>(),
-                  oc.const_data_ptr<scalar_t>(), lse2.const_data_ptr<T>(), gx, dq.data(), begin,
-                  end);
+      MF_ISA_CALL(m2f_backward_tasks<scalar_t>, n, xp, qp, gp, op, lse2.const_data_ptr<T>(), gx,
+                  dq.data(), dsum.data(), begin, end);
     });
-    // grad_q = s * (sum of the chunks' dS X^T).
+    // grad_q = s * (sum of the chunks' dS X^T), corrected for the error of delta. The kernels
+    // take delta = sum_c dO O from the forward output O, in the input dtype: in fp16/bf16 its
+    // rounding (2^-9 of O in bf16) shifts every dS of the row alike, and over the H*W positions
+    // grad_q sums that shift coherently (up to 1.5x what the 2x rule allows, where the
+    // reference's independent roundings average out). With the row's exact D = sum_p A dA:
+    // dS_exact = dS + A (delta - D), so grad_q += s (delta - D) sum_p A x = s (delta - D) O
+    // (O's own rounding enters only as a product of two roundings). grad_x keeps delta: each
+    // of its elements sees the error once, not summed.
     scalar_t* gq = grad_q.mutable_data_ptr<scalar_t>();
     const T s = static_cast<T>(n.scale);
     for (int64_t bh = 0; bh < n.B * n.heads; ++bh) {
       const int64_t b = bh / n.heads, h = bh % n.heads;
       for (int64_t m = 0; m < M; ++m) {
+        const int64_t row = (b * M + m) * n.C + h * n.ch;
+        T delta = 0, exact = 0;  // delta exactly as the kernels computed it
+        for (int64_t c = 0; c < n.ch; ++c) {
+          delta += static_cast<T>(gp[row + c]) * static_cast<T>(op[row + c]);
+        }
+        for (int64_t i = 0; i < n.nchunks; ++i) exact += dsum[(bh * n.nchunks + i) * M + m];
         for (int64_t c = 0; c < n.ch; ++c) {
           T sum = 0;
           for (int64_t i = 0; i < n.nchunks; ++i) {
             sum += dq[((bh * n.nchunks + i) * M + m) * n.ch + c];
           }
-          gq[(b * M + m) * n.C + h * n.ch + c] = static_cast<scalar_t>(s * sum);
+          sum += (delta - exact) * static_cast<T>(op[row + c]);
+          gq[row + c] = static_cast<scalar_t>(s * sum);
         }
       }
     }

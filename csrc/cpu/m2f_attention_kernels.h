@@ -9,6 +9,8 @@
 //   backward: [S; dA] = [Q; dO] X; A = 2^(S - lse2) with the forward's log-sum-exp lse2 of
 //             the row (in base 2);
 //             dS = A (dA - delta); dQ += dS X^T; dX = [dO; Q]^T [A; dS]  (= dO^T A + s Q^T dS)
+//             with delta = sum_c dO O from the forward output, and D += sum_p A dA, the
+//             row's exact delta (see m2f_attention.cpp: it corrects dQ)
 //
 // so x is read once per pass and nothing of size M x P is ever stored.
 
@@ -60,12 +62,13 @@ void m2f_forward_tasks(const attention::Problem& n, const S* x, const S* q,
 }
 
 // Backward of tasks [begin, end). lse2 holds, per (b, head), the M rows' log2-sum-exp;
-// task i accumulates its unscaled dQ partial sum in dq + i * M * ch and writes its positions
-// of grad_x.
+// task i accumulates its unscaled dQ partial sum in dq + i * M * ch and its partial sums
+// D = sum_p A dA (one per row) in dsum + i * M, and writes its positions of grad_x.
 template <typename S>
 void m2f_backward_tasks(const attention::Problem& n, const S* x, const S* q, const S* gout,
                         const S* out, const at::opmath_type<S>* lse2, S* gx,
-                        at::opmath_type<S>* dq, int64_t begin, int64_t end) {
+                        at::opmath_type<S>* dq, at::opmath_type<S>* dsum, int64_t begin,
+                        int64_t end) {
   using T = at::opmath_type<S>;
   const int64_t M = n.M, ch = n.ch;
   const auto buffer = attention::scratch<T>(4 * M * ch + M + 2 * ch * n.tile + 2 * M * n.tile);
@@ -95,6 +98,8 @@ void m2f_backward_tasks(const attention::Problem& n, const S* x, const S* q, con
     const T* row_lse = lse2 + bh * M;
     T* dqt = dq + task * M * ch;
     std::fill(dqt, dqt + M * ch, T(0));
+    T* dst = dsum + task * M;
+    std::fill(dst, dst + M, T(0));
     for (int64_t i = n.chunk_begin(chunk); i < n.chunk_begin(chunk + 1); ++i) {
       const int64_t p0 = i * n.tile, len = std::min(n.tile, n.P - p0), padded = padded_length(len);
       int64_t ldx, ldy;
@@ -104,7 +109,7 @@ void m2f_backward_tasks(const attention::Problem& n, const S* x, const S* q, con
         T* a = z + m * padded;
         std::fill(a + len, a + padded, -inf);  // padding: A = 0, hence dS = 0
         exp2_row<false>(a, padded, row_lse[m], T(1));
-        softmax_backward_row(a, z + (M + m) * padded, padded, delta[m]);
+        dst[m] += softmax_backward_row(a, z + (M + m) * padded, padded, delta[m]);
       }
       tile_dots(z + M * padded, padded, X, ldx, ch, dqt, ch, M, padded);
       S* gxt = gxb + p0 * n.sP;
