@@ -316,7 +316,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, out: TextIO =
     print_auto(selection.device, out)
     out.write("\nRules: fp32/fp64 against the fp64 reference, error <= tol x max(|expected|, 1) "
               "(tol 2e-5 fp32, 1e-10 fp64); fp16/bf16 within 2x the reference's own error in "
-              "that dtype (against the fp32 reference). Σ µs: the backend's median forward and "
+              "that dtype (against the fp32 reference on the same inputs). Σ µs: the backend's median forward and "
               "forward+backward times summed over the row's timed cases.\n")
     verdict = "FAILED" if failed else "passed"
     out.write(f"mf-kernels check {verdict}: {len(results) - failed - skipped} passed, {failed} "

@@ -6,10 +6,10 @@ this module) apply exactly these rules.
 * fp64 and fp32 (``tight``): max |actual - expected| <= tol * max(max |expected|, 1), with
   tol = 1e-10 (fp64) or 2e-5 (fp32). fp32 results of reductions over up to 224*224 terms
   differ from PyTorch's own summation order by ~1e-6 of the largest value.
-* fp16 and bf16 (``within_2x``, flash-attention's rule): compute the reference in fp32 and
-  again in the test dtype; the kernel's error against the fp32 reference must be at most twice
-  the reference's own low-precision error (plus 1e-6, which only matters when the reference
-  happens to be exact in low precision).
+* fp16 and bf16 (``within_2x``, flash-attention's rule): compute the reference in fp32 (on
+  the same fp16/bf16 inputs, upcast) and again in the test dtype; the kernel's error against
+  the fp32 reference must be at most twice the reference's own low-precision error (plus
+  1e-6, which only matters when the reference happens to be exact in low precision).
 
 A NaN or infinity anywhere fails either rule (the error is then NaN, and NaN <= x is false).
 """
