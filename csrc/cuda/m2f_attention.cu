@@ -8,7 +8,8 @@
 // Backward (grad_out = dO, out = O):
 //   delta[m] = sum_c dO[m,c] O[m,c]            (per head)
 //   dS[m,p]  = A[m,p] (<dO[m], x[p]> - delta[m])
-//   grad_q   = s dS x^T,   grad_x[p] = s sum_m dS[m,p] q[m] + sum_m A[m,p] dO[m]
+//   grad_q   = s dS x^T = s sum_p dS[m,p] (x[p] - O[m]) (sum_p dS = 0),
+//   grad_x[p] = s sum_m dS[m,p] q[m] + sum_m A[m,p] dO[m]
 //
 // Forward: one block per (b, head, token chunk of mt tokens, split of positions). The block
 // walks its positions in tiles of tp: the x tile [D, tp] goes to shared memory (read once from
@@ -257,10 +258,15 @@ __global__ void __launch_bounds__(kThreads, 1)
         gx[o] = static_cast<scalar_t>(g);
       }
     }
+    // sum_p dS x, as sum_p dS (x - O): equal in exact arithmetic (sum_p dS = 0), but delta, from
+    // the stored (fp16/bf16-rounded) O, shifts every dS of a row alike, and sum_p dS x would
+    // carry that shift coherently over all positions (5-130 ulp off on a 112x112 map in bf16);
+    // centred by O, the shift cancels.
     for (int i = tid; i < mt * D; i += nthreads) {
       const int m = i / D, d = i - m * D;
+      const acc_t o = static_cast<acc_t>(out[(blk.b * p.M + m0 + m) * p.C + c0 + d]);
       acc_t a = dq[i];
-      for (int t = 0; t < valid; ++t) a += ds[m * tp + t] * xs[d * ld + t];
+      for (int t = 0; t < valid; ++t) a += ds[m * tp + t] * (xs[d * ld + t] - o);
       dq[i] = a;
     }
   }
