@@ -46,6 +46,9 @@ BACKWARD_TILE_ELEMENTS = 1024
 BACKWARD_MAX_BLOCK_P = 64
 FORWARD_WARPS = 4
 BACKWARD_WARPS = 8
+# fp32 with a head of at most 32 channels takes 4 warps in the backward: at 8 (256 threads)
+# ptxas budgets 128 registers a thread and spilled 8 B there (tools/resource_table.py).
+BACKWARD_WARPS_FP32_NARROW = 4
 # Software pipelining of the position loop (Triton's num_stages) holds several tiles in flight;
 # with one stage nothing spills (tools/resource_table.py).
 STAGES = 1
@@ -216,6 +219,11 @@ def _tiles(D: int, HW: int, tile_elements: int, min_d: int, max_p: int) -> Tuple
     return block_d, pow2(HW, lo=16, hi=max(16, min(MAX_BLOCK_P, max_p, tile_elements // block_d)))
 
 
+def _backward_warps(dtype: torch.dtype, block_d: int) -> int:
+    return (BACKWARD_WARPS_FP32_NARROW if dtype == torch.float32 and block_d <= 32
+            else BACKWARD_WARPS)
+
+
 @triton_op("mf_kernels::triton_f2m_attention", mutates_args=())
 def _f2m_attention_op(x: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     y = empty_feature_map(x)
@@ -278,7 +286,8 @@ def _f2m_attention_backward_op(grad_y: Tensor, x: Tensor, k: Tensor, v: Tensor,
             grad_y, x, k, v, target, part_grad_k, part_grad_v, lse, delta, B, M, C, HW, D,
             heads, chunks, per_split, scale * LOG2E, scale, *gs, *xs, *k.stride(), *v.stride(),
             *gxs, ONE_CHUNK=chunks == 1, INTERPRET=INTERPRETED, BLOCK_M=BLOCK_M,
-            BLOCK_D=block_d, BLOCK_P=block_p, num_warps=BACKWARD_WARPS, num_stages=STAGES)
+            BLOCK_D=block_d, BLOCK_P=block_p, num_warps=_backward_warps(x.dtype, block_d),
+            num_stages=STAGES)
     if chunks > 1:
         grad_x.copy_(target)
     return grad_x, part_grad_k.sum(0).to(k.dtype), part_grad_v.sum(0).to(v.dtype)

@@ -45,8 +45,9 @@ POSITIONS_PER_SPLIT: Optional[int] = None
 MAX_BLOCK_P = 128
 # Elements of the [BLOCK_D, BLOCK_P] x tile; the backward holds about eight [16 or D, BLOCK_P]
 # blocks at once (scores, dP, A, dS and their split halves, grad_x): smaller tiles and at most
-# 64 positions keep it from spilling (tools/resource_table.py).
-FORWARD_TILE_ELEMENTS = 8192
+# 64 positions keep it from spilling (tools/resource_table.py). The forward: 8192-element
+# tiles spilled in fp32 (8-20 B at heads of 32 and 64 channels) and in bf16 at 128 channels.
+FORWARD_TILE_ELEMENTS = 4096
 BACKWARD_TILE_ELEMENTS = 2048
 BACKWARD_MAX_BLOCK_P = 64
 # Software pipelining of the position loop (Triton's num_stages) holds several tiles in flight;
@@ -176,7 +177,10 @@ def _m2f_bwd_kernel(
     q_t = tl.trans(q)                                                            # [D, M]
     d_out_t = tl.trans(d_out)
     acc_grad_q = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    d_scores_sum = tl.zeros([BLOCK_M], tl.float32)
+    # sum_p dS per row, in every column (dS times ones, through the tensor cores: a row
+    # reduction (tl.sum) of dS here took about 70 more registers and spilled)
+    d_scores_sum = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    ones = cast(tl.full([BLOCK_P, BLOCK_D], 1.0, tl.float32), x_ptr.dtype.element_ty, INTERPRET)
     p_begin = split * positions_per_split
     p_end = tl.minimum(p_begin + positions_per_split, HW)
     for p_start in range(p_begin, p_end, BLOCK_P):
@@ -198,11 +202,11 @@ def _m2f_bwd_kernel(
         else:
             tl.store(grad_x_ptrs, cast(grad_x, grad_x_ptr.dtype.element_ty, INTERPRET), mask=dp_ok)
         acc_grad_q += mixed_dot(d_scores, tl.trans(xt), INTERPRET)                     # [M, D]
-        d_scores_sum += tl.sum(d_scores, axis=1)
+        d_scores_sum += mixed_dot(d_scores, ones, INTERPRET)
     # sum_p dS x - (sum_p dS) O: equal in exact arithmetic (sum_p dS = 0), but delta, from the
     # stored (fp16/bf16-rounded) O, shifts every dS of a row alike, which sum_p dS x carries
     # coherently over all positions (5-130 ulp off on a 112x112 map in bf16); this cancels it.
-    acc_grad_q -= d_scores_sum[:, None] * out.to(tl.float32)
+    acc_grad_q -= d_scores_sum * out.to(tl.float32)
     tl.store(part_grad_q_ptr + ((split * B + b) * M + m[:, None]) * C + ch[None, :],
              acc_grad_q * scale, mask=md_ok)
 
@@ -213,6 +217,16 @@ def _blocks(D: int, HW: int, tile_elements: int, max_p: int) -> Tuple[int, int, 
     block_d = pow2(D, lo=16)
     block_p = pow2(HW, lo=16, hi=max(16, min(MAX_BLOCK_P, max_p, tile_elements // block_d)))
     return block_d, block_p, 4 if block_d * block_p <= 4096 and block_d < 64 else 8
+
+
+def _forward_blocks(D: int, HW: int, dtype: torch.dtype) -> Tuple[int, int, int]:
+    """The forward's (BLOCK_D, BLOCK_P, num_warps): 4 warps, 8 for a full fp32 tile. Measured
+    for sm_90 (tools/resource_table.py): at 8 warps ptxas budgets 128 registers a thread, which
+    fp16/bf16 tiles overran (spills at 128 channels) and full fp32 tiles fit; at 4 warps full
+    fp32 tiles spilled (up to 284 B)."""
+    block_d, block_p, _ = _blocks(D, HW, FORWARD_TILE_ELEMENTS, MAX_BLOCK_P)
+    full = block_d * block_p >= FORWARD_TILE_ELEMENTS
+    return block_d, block_p, 8 if dtype == torch.float32 and full else 4
 
 
 def _splits(programs: int, HW: int, block_p: int, device: torch.device) -> Tuple[int, int]:
@@ -239,7 +253,7 @@ def _m2f_attention_op(x: Tensor, q: Tensor, heads: int) -> Tuple[Tensor, Tensor]
         return out.zero_(), lse.fill_(float("-inf"))
     x, xs = feature_map_strides(x)
     chunks = triton.cdiv(M, BLOCK_M)
-    block_d, block_p, warps = _blocks(D, HW, FORWARD_TILE_ELEMENTS, MAX_BLOCK_P)
+    block_d, block_p, warps = _forward_blocks(D, HW, x.dtype)
     splits, per_split = _splits(B * heads * chunks, HW, block_p, x.device)
     part_max = part_sum = part_acc = lse
     if splits > 1:
