@@ -12,13 +12,13 @@ tasks (results bitwise the same under any thread count), and both instruction-se
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 
 import pytest
 import torch
 
 from mobileformer import functional as reference
 from numerics import assert_tight, assert_within_2x, grads, leaf, make_feature_map
+from op_backends import threads
 
 op = torch.ops.mf_kernels.dynamic_relu
 backward_op = torch.ops.mf_kernels.dynamic_relu_backward
@@ -62,16 +62,6 @@ def inputs(shape, K, with_intercept, dtype, layout):
     slope = torch.randn(B, C, K).to(dtype)
     intercept = (0.5 * torch.randn(B, C, K)).to(dtype) if with_intercept else None
     return x, slope, intercept, torch.randn(shape).to(dtype)
-
-
-@contextmanager
-def threads(n):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
